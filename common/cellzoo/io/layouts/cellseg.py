@@ -1,0 +1,46 @@
+"""NeurIPS 2022 Cell Segmentation challenge layout: images/<stem>.* + labels/<stem>_label.tiff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cellzoo.errors import InputError
+from cellzoo.io.datalist import assign_folds
+from cellzoo.io.validate import check_dir
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
+# Checked in this order; the challenge itself uses .tiff.
+LABEL_SUFFIXES = ("_label.tiff", "_label.tif", "_label.png")
+
+
+def read_cellseg(root: str | Path, n_folds: int = 5, seed: int = 0) -> list[dict]:
+    """List a CellSeg folder as datalist entries {"image", "label"?, "name", "fold"}."""
+    root = check_dir(root)
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise InputError("not a NeurIPS CellSeg layout: no images/ folder", root)
+    images = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InputError(f"images/ holds no image files ({', '.join(IMAGE_SUFFIXES)})", root)
+    stems = [image.stem for image in images]
+    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if duplicates:
+        raise InputError(f"several images share the name(s) {', '.join(duplicates)} in images/", root)
+    entries = [_entry(image, root / "labels") for image in images]
+    return assign_folds(entries, n_folds=n_folds, seed=seed)
+
+
+def _entry(image: Path, labels_dir: Path) -> dict:
+    entry = {"image": str(image.absolute()), "name": image.stem}
+    label = _find_label(labels_dir, image.stem)
+    if label is not None:
+        entry["label"] = str(label.absolute())
+    return entry
+
+
+def _find_label(labels_dir: Path, stem: str) -> Path | None:
+    for suffix in LABEL_SUFFIXES:
+        candidate = labels_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None

@@ -1,0 +1,67 @@
+"""Checks on user-supplied images and label images; each failure is one InputError line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cellzoo.errors import InputError
+from cellzoo.io.images import read_image
+
+
+def check_dir(path: str | Path) -> Path:
+    """Return the path of an existing folder, else raise InputError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("folder not found" if not path.exists() else "not a folder", path)
+    return path
+
+
+def check_finite(array: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Raise InputError if the array has NaN or inf pixels; return it unchanged."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+        raise InputError("contains NaN or inf pixels", path)
+    return array
+
+
+def check_label_image(
+    array: np.ndarray, path: str | Path | None = None, ndim: tuple[int, ...] = (2, 3), allow_empty: bool = False
+) -> np.ndarray:
+    """Check an instance label image: integer dtype, allowed ndim, non-negative, not empty.
+
+    `allow_empty` is for predictions: a model may rightly find no cell, ground truth may not be empty.
+    """
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"label image is not integer-typed ({array.dtype})", path)
+    if array.ndim not in ndim:
+        wanted = " or ".join(f"{n}D" for n in ndim)
+        raise InputError(f"expected a {wanted} label image, got shape {array.shape}", path)
+    if array.size and array.min() < 0:
+        raise InputError(f"label image has negative labels (min {array.min()})", path)
+    if not allow_empty and not array.any():
+        raise InputError("label image is empty (no labelled pixels)", path)
+    return array
+
+
+def check_same_shape(
+    a: np.ndarray, b: np.ndarray, path_a: str | Path | None = None, path_b: str | Path | None = None
+) -> None:
+    """Raise InputError naming both files when two arrays differ in shape."""
+    shape_a, shape_b = np.shape(a), np.shape(b)
+    if shape_a != shape_b:
+        raise InputError(f"shape {shape_a} does not match shape {shape_b} of {path_b}", path_a)
+
+
+def read_labels(path: str | Path, axes: str | None = None, allow_empty: bool = False) -> np.ndarray:
+    """Read an instance label image as a checked YX or ZYX integer array."""
+    array, found = read_image(path, axes=axes)
+    for letter in "TC":
+        if letter in found and array.shape[found.index(letter)] == 1:
+            array = np.squeeze(array, axis=found.index(letter))
+            found = found.replace(letter, "")
+    if "T" in found or "C" in found:
+        raise InputError(f"label image must be YX or ZYX, got axes '{found}' with shape {array.shape}", path)
+    return check_label_image(array, path, allow_empty=allow_empty)

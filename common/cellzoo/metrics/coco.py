@@ -1,0 +1,220 @@
+"""COCO-style AP/AR through pycocotools, with the standard COCO and the LIVECell evaluation presets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy.ndimage import find_objects
+
+from cellzoo.errors import InputError
+from cellzoo.metrics.instance import check_labels, sequential_labels
+
+PROTOCOLS: dict[str, dict] = {
+    "coco": dict(
+        max_dets=[1, 10, 100],
+        area_ranges={
+            "all": [0, 1e10],
+            "small": [0, 32**2],
+            "medium": [32**2, 96**2],
+            "large": [96**2, 1e10],
+        },
+    ),
+    # LIVECell (Edlund et al. 2021): up to 2000 cells per image and size classes for cells, not objects.
+    "livecell": dict(
+        max_dets=[100, 500, 2000],
+        area_ranges={
+            "all": [0, 1e10],
+            "small": [0, 18**2],
+            "medium": [18**2, 31**2],
+            "large": [31**2, 1e10],
+        },
+    ),
+}
+
+_SIZE_KEYS = {"small": "APs", "medium": "APm", "large": "APl"}
+
+
+def _quiet():
+    """pycocotools prints progress to stdout; keep it out of CLI output."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _load_json(obj, what: str):
+    if isinstance(obj, (str, Path)):
+        try:
+            return json.loads(Path(obj).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read {what}: {err}", obj) from err
+    return obj
+
+
+def _gt_dataset(gt) -> dict:
+    """Shallow-copied COCO dict with LIVECell quirks removed (annotations as a dict)."""
+    data = _load_json(gt, "COCO ground truth")
+    if not isinstance(data, Mapping) or "images" not in data:
+        raise InputError("COCO ground truth needs an 'images' list")
+    anns = data.get("annotations", [])
+    if isinstance(anns, Mapping):
+        # LIVECell stores annotations as {id: annotation}.
+        anns = [{"id": int(k), **a} for k, a in anns.items()]
+    anns = [{"iscrowd": 0, "id": i + 1, **a} for i, a in enumerate(anns)]
+    cats = data.get("categories") or [{"id": c} for c in sorted({a["category_id"] for a in anns})]
+    return {**data, "annotations": anns, "categories": cats}
+
+
+def _gt_coco(gt) -> COCO:
+    dataset = _gt_dataset(gt)
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet():
+        coco.createIndex()
+    for ann in coco.dataset["annotations"]:
+        if "area" not in ann or "bbox" not in ann:
+            rle = coco.annToRLE(ann)
+            ann.setdefault("area", float(mask_utils.area(rle)))
+            ann.setdefault("bbox", mask_utils.toBbox(rle).tolist())
+    return coco
+
+
+def _check_dets(dets: list[dict], gt: COCO, iou_type: str) -> None:
+    need = {"image_id", "category_id", "score"} | ({"segmentation"} if iou_type == "segm" else set())
+    for i, d in enumerate(dets):
+        missing = need - set(d)
+        if missing:
+            raise InputError(f"COCO result {i} lacks {sorted(missing)}")
+        if iou_type == "bbox" and "bbox" not in d and "segmentation" not in d:
+            raise InputError(f"COCO result {i} has neither 'bbox' nor 'segmentation'")
+        if d["image_id"] not in gt.imgs:
+            raise InputError(f"COCO result {i} refers to image_id {d['image_id']} absent from the ground truth")
+
+
+def _results_coco(gt: COCO, predictions, iou_type: str) -> COCO:
+    dets = [dict(d) for d in _load_json(predictions, "COCO results")]
+    _check_dets(dets, gt, iou_type)
+    if iou_type == "segm":
+        # loadRes takes 'area' from the box when a box is present; detectron2 drops it for the same reason.
+        for d in dets:
+            d.pop("bbox", None)
+    elif any("bbox" not in d for d in dets):
+        for d in dets:
+            d.setdefault("bbox", mask_utils.toBbox(d["segmentation"]).tolist())
+    if dets:
+        with _quiet():
+            return gt.loadRes(dets)
+    # loadRes cannot take an empty list; an empty result set simply scores 0 wherever gt exists.
+    res = COCO()
+    res.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+    with _quiet():
+        res.createIndex()
+    return res
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def _summary(ev: COCOeval) -> dict:
+    """AP/AR at the largest maxDets, read straight from the accumulated arrays."""
+    # Written by hand instead of COCOeval.summarize(): summarize() hard-codes maxDets=100 for AP
+    # (stats[0]) and picks maxDets by position elsewhere, so with LIVECell's [100, 500, 2000] the
+    # numbers would mix detection caps. LIVECell's authors read eval['precision'] the same way.
+    p = ev.params
+    precision = ev.eval["precision"][..., -1]  # [T, R, K, A] at the largest maxDets
+    recall = ev.eval["recall"][..., -1]  # [T, K, A]
+    a_all = p.areaRngLbl.index("all")
+    out = {"AP": _mean_valid(precision[..., a_all])}
+    for name, thr in (("AP50", 0.5), ("AP75", 0.75)):
+        out[name] = _mean_valid(precision[np.isclose(p.iouThrs, thr)][..., a_all])
+    for a, label in enumerate(p.areaRngLbl):
+        if label != "all":
+            out[_SIZE_KEYS.get(label, f"AP_{label}")] = _mean_valid(precision[..., a])
+    out["AR"] = _mean_valid(recall[..., a_all])
+    return out
+
+
+def make_cocoeval(
+    gt, predictions, iou_type: str = "segm", protocol: str = "coco", max_dets=None, area_ranges=None
+) -> COCOeval:
+    """Evaluated and accumulated COCOeval object for the given protocol (for callers needing raw arrays)."""
+    if iou_type not in ("segm", "bbox"):
+        raise InputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+    preset = PROTOCOLS[protocol]
+    areas = dict(area_ranges or preset["area_ranges"])
+    if "all" not in areas:
+        raise InputError("area_ranges must contain an 'all' range")
+    gt_coco = _gt_coco(gt)
+    ev = COCOeval(gt_coco, _results_coco(gt_coco, predictions, iou_type), iou_type)
+    ev.params.maxDets = sorted(int(m) for m in (max_dets or preset["max_dets"]))
+    ev.params.areaRngLbl = list(areas)
+    ev.params.areaRng = [list(map(float, r)) for r in areas.values()]
+    with _quiet():
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def coco_evaluate(
+    gt,
+    predictions,
+    iou_type: str = "segm",
+    protocol: str = "coco",
+    max_dets: Sequence[int] | None = None,
+    area_ranges: Mapping[str, Sequence[float]] | None = None,
+) -> dict:
+    """COCO AP, AP50, AP75, APs, APm, APl and AR at the largest maxDets (-1 where undefined)."""
+    return _summary(make_cocoeval(gt, predictions, iou_type, protocol, max_dets, area_ranges))
+
+
+def _scores_for(ids: np.ndarray, scores) -> list[float]:
+    if scores is None:
+        return [1.0] * len(ids)
+    if isinstance(scores, Mapping):
+        return [float(scores[int(i)]) for i in ids]
+    scores = list(scores)
+    if len(scores) != len(ids):
+        raise InputError(f"got {len(scores)} scores for {len(ids)} instances")
+    return [float(s) for s in scores]
+
+
+def labels_to_coco_results(
+    labels: np.ndarray,
+    image_id: int,
+    scores: Mapping[int, float] | Sequence[float] | None = None,
+    category_id: int = 1,
+) -> list[dict]:
+    """COCO result dicts (RLE, bbox [x, y, w, h], score) per instance; scores by label id or in ascending-id order."""
+    labels = check_labels(labels)
+    if labels.ndim != 2:
+        raise InputError(f"COCO results need a 2D label image, got {labels.ndim}D")
+    seq, ids = sequential_labels(labels)
+    score_list = _scores_for(ids, scores)
+    # One reusable Fortran-order canvas: only each object's box is written and cleared again.
+    canvas = np.zeros(labels.shape, dtype=np.uint8, order="F")
+    results = []
+    for k, box in enumerate(find_objects(seq)):
+        canvas[box] = seq[box] == k + 1
+        rle = mask_utils.encode(canvas)
+        canvas[box] = 0
+        rle["counts"] = rle["counts"].decode("ascii")  # json-serialisable
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "segmentation": rle,
+                "bbox": mask_utils.toBbox(rle).tolist(),
+                "area": float(mask_utils.area(rle)),
+                "score": score_list[k],
+            }
+        )
+    return results

@@ -47,3 +47,35 @@ def bundle_info(path: str | Path) -> dict:
         "configs": configs,
         "path": str(path),
     }
+
+
+def bundle_path(bundle: str | Path) -> Path:
+    """A bundle folder given by name (looked up in bundles_dir()) or by path."""
+    candidate = Path(bundle)
+    if not (candidate / "configs").is_dir():
+        candidate = bundles_dir() / str(bundle)
+    if not (candidate / "configs").is_dir():
+        names = ", ".join(info["name"] for info in list_bundles()) or "none"
+        raise InputError(f"no bundle named '{bundle}' (available: {names})")
+    return candidate
+
+
+def config_files(bundle: str | Path, config: str, quick: bool = False) -> list[str]:
+    """Paths of `configs/<config>.yaml` and, with `quick`, the `quick.yaml` override after it."""
+    root = bundle_path(bundle)
+    names = [config] + (["quick"] if quick else [])
+    files = [root / "configs" / f"{name}.yaml" for name in names]
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"bundle '{root.name}' has no {path.name}", path)
+    return [str(path) for path in files]
+
+
+def run_config(bundle: str | Path, config: str, quick: bool = False, **overrides) -> None:
+    """Run one of a bundle's configs with MONAI's bundle runner, `bundle_root` set to the bundle folder."""
+    from monai.bundle import run
+
+    root = bundle_path(bundle)
+    files = config_files(root, config, quick)
+    run(config_file=files, meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"), bundle_root=str(root), **overrides)

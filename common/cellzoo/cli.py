@@ -40,6 +40,15 @@ def _parse_size(size) -> tuple[int, int]:
     return values
 
 
+def _checkpoint_list(checkpoint) -> list[str]:
+    """--checkpoint as fire hands it over: None, a path, 'a.pt,b.pt' or a list/tuple of paths."""
+    if checkpoint is None:
+        return []
+    if isinstance(checkpoint, (list, tuple)):
+        return [str(c) for c in checkpoint]
+    return [part for part in str(checkpoint).split(",") if part]
+
+
 class Evaluate:
     """Score predictions against ground truth; prints one JSON object."""
 
@@ -112,6 +121,24 @@ class CellzooCLI:
 
         rows = measure_files(str(image), str(labels), str(out))
         print(f"measured {len(rows)} cells -> {out}")
+
+    def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False):
+        """Run a bundle's inference config on a folder of images.
+
+        --checkpoint takes one path, several separated by commas, or a list: several = an ensemble.
+        Without it the bundle's models/model.pt is used. --quick matches checkpoints trained with quick.yaml.
+        """
+        from cellzoo.bundles import bundle_path, run_config
+
+        checkpoints = _checkpoint_list(checkpoint) or [str(bundle_path(bundle) / "models" / "model.pt")]
+        for path in checkpoints:
+            if not Path(path).is_file():
+                raise InputError("checkpoint not found (train the bundle first or pass --checkpoint)", path)
+        if not Path(str(input)).is_dir():
+            raise InputError("input folder not found", input)
+        run_config(bundle, "inference", quick=bool(quick), input_dir=str(input), output_dir=str(output),
+                   checkpoints=checkpoints)
+        print(f"predictions written to {output}")
 
     def demo(self, out: str = "demo_output", seed: int = 0):
         """Synthesise a small dataset, draw it, measure its cells and evaluate its labels against themselves."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import numpy as np
 from cellzoo.errors import InputError
 from cellzoo.io import check_finite, check_same_shape, read_image, read_labels
 from cellzoo.metrics import coco_evaluate, evaluate_instances, mean_image_metrics
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".bmp", ".jpg", ".jpeg", ".nii.gz", ".nii")
 # Ground truth in the NeurIPS CellSeg layout is named <stem>_label.tiff; predictions may be too.
@@ -75,15 +79,20 @@ def read_intensity_file(path: Path) -> np.ndarray:
     return array
 
 
-def evaluate_instance_folders(pred_dir, gt_dir, iou: float = 0.5, border_margin: int = 0) -> dict:
-    """F1/precision/recall at `iou` and AP over 0.5..0.95 for label images paired by stem."""
+def read_instance_pairs(pred_dir, gt_dir) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ground truth, prediction) label images paired by stem, checked for type and shape."""
     pairs = []
     for _, pred_path, gt_path in pair_by_stem(pred_dir, gt_dir):
         gt = read_labels(gt_path)
         pred = read_labels(pred_path, allow_empty=True)  # a model may rightly find no cell
         check_same_shape(pred, gt, pred_path, gt_path)
         pairs.append((gt, pred))
-    return evaluate_instances(pairs, iou=iou, border_margin=border_margin)
+    return pairs
+
+
+def evaluate_instance_folders(pred_dir, gt_dir, iou: float = 0.5, border_margin: int = 0) -> dict:
+    """F1/precision/recall at `iou` and AP over 0.5..0.95 for label images paired by stem."""
+    return evaluate_instances(read_instance_pairs(pred_dir, gt_dir), iou=iou, border_margin=border_margin)
 
 
 def evaluate_image_folders(pred_dir, gt_dir, normalize: bool = True) -> dict:
@@ -115,3 +124,16 @@ def _load_json(path) -> dict | list:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"not valid JSON ({err})", path) from err
+
+
+def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_margin: int = 0,
+                          extra_ious: Sequence[float] = (0.6, 0.7, 0.8, 0.9)) -> dict:
+    """Score label folders at `iou` (plus F1 at `extra_ious`), write the JSON report and return it."""
+    pairs = read_instance_pairs(pred_dir, gt_dir)
+    report = evaluate_instances(pairs, iou=iou, border_margin=border_margin)
+    report["border_margin"] = border_margin
+    report["f1_at"] = {f"{t:.2f}": evaluate_instances(pairs, iou=t, border_margin=border_margin)["f1"] for t in extra_ious}
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("F1@%.2f = %.4f over %d images -> %s", iou, report["f1"], report["n_images"], out_json)
+    return report

@@ -1,0 +1,1 @@
+"""MONAI-style transforms shared by the cellzoo bundles."""

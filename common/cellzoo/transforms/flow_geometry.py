@@ -47,52 +47,57 @@ def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-class RandFlowFlipd(RandomizableTransform, MapTransform):
-    """With probability `prob`, flip `keys` and the flow field along a random spatial axis."""
+class _RandFlowSpatiald(RandomizableTransform, MapTransform):
+    """With probability `prob`, apply one random spatial operation to `keys` and the matching one to the flows."""
 
     def __init__(self, keys: Sequence[Hashable], flow_key: str = "flows", prob: float = 0.5):
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys)
         self.flow_key = flow_key
-        self._axis = 0
+
+    def _apply(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _apply_flows(self, flows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self._apply(_as_numpy(d[key]))
+        d[self.flow_key] = self._apply_flows(_as_numpy(d[self.flow_key]))
+        return d
+
+
+class RandFlowFlipd(_RandFlowSpatiald):
+    """With probability `prob`, flip `keys` and the flow field along a random spatial axis."""
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
         self._axis = int(self.R.randint(2))
 
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            d[key] = np.flip(_as_numpy(d[key]), axis=1 + self._axis).copy()
-        d[self.flow_key] = flip_flows(_as_numpy(d[self.flow_key]), self._axis)
-        return d
+    def _apply(self, array: np.ndarray) -> np.ndarray:
+        return np.flip(array, axis=1 + self._axis).copy()
+
+    def _apply_flows(self, flows: np.ndarray) -> np.ndarray:
+        return flip_flows(flows, self._axis)
 
 
-class RandFlowRotate90d(RandomizableTransform, MapTransform):
+class RandFlowRotate90d(_RandFlowSpatiald):
     """With probability `prob`, rotate `keys` and the flow field by k * 90 degrees, k in {1, 2, 3}."""
-
-    def __init__(self, keys: Sequence[Hashable], flow_key: str = "flows", prob: float = 0.5):
-        RandomizableTransform.__init__(self, prob)
-        MapTransform.__init__(self, keys)
-        self.flow_key = flow_key
-        self._k = 1
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
         self._k = int(self.R.randint(1, 4))
 
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            d[key] = np.rot90(_as_numpy(d[key]), self._k, axes=(1, 2)).copy()
-        d[self.flow_key] = rot90_flows(_as_numpy(d[self.flow_key]), self._k)
-        return d
+    def _apply(self, array: np.ndarray) -> np.ndarray:
+        return np.rot90(array, self._k, axes=(1, 2)).copy()
+
+    def _apply_flows(self, flows: np.ndarray) -> np.ndarray:
+        return rot90_flows(flows, self._k)
 
 
 class NormalizeFlowsd(MapTransform):

@@ -27,10 +27,10 @@ from types import ModuleType
 import numpy as np
 import tifffile
 import torch
-from scipy import ndimage as ndi
 
 from cellzoo.metrics import instance_scores
 from cellzoo.postprocess.flows import clean_foreground, flows_to_instances
+from cellzoo.synthetic.network_maps import perturb_flow_maps
 from cellzoo.transforms.flows import labels_to_flows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,19 +80,6 @@ def f1(a: np.ndarray, b: np.ndarray) -> float:
     return instance_scores(a.astype(np.int32), b.astype(np.int32))["thresholds"]["0.50"]["f1"]
 
 
-def perturb(flows: np.ndarray, logits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Network-like inputs: smooth noise on the flows (sd 1.5 at scale 5) and blurred, noisy logits."""
-    rng = np.random.default_rng(seed)
-
-    def smooth(shape: tuple[int, ...]) -> np.ndarray:
-        n = ndi.gaussian_filter(rng.standard_normal(shape), 2.0)
-        return (n / n.std()).astype(np.float32)
-
-    noisy_flows = flows + 1.5 * np.stack([smooth(flows.shape[1:]), smooth(flows.shape[1:])])
-    noisy_logits = ndi.gaussian_filter(logits, 1.0) + 1.0 * smooth(logits.shape)
-    return noisy_flows.astype(np.float32), noisy_logits.astype(np.float32)
-
-
 def bench_image(dyn: ModuleType, lab: np.ndarray, repeats: int, threads: int, seed: int) -> dict:
     """All figures for one label image."""
     cpu = torch.device("cpu")
@@ -120,7 +107,7 @@ def bench_image(dyn: ModuleType, lab: np.ndarray, repeats: int, threads: int, se
         "n_cellpose": int(len(np.unique(m_cp)) - 1), "n_cellzoo": int(len(np.unique(m_cz)) - 1),
         "f1_cellzoo_vs_gt": f1(lab, m_cz),
     }
-    ref_fn, our_fn = post(*perturb(flows, logits, seed))
+    ref_fn, our_fn = post(*perturb_flow_maps(flows, logits, seed))
     m_cp, m_cz = ref_fn(), our_fn()
     noisy = {"f1_iou50": f1(m_cp, m_cz), "n_cellpose": int(len(np.unique(m_cp)) - 1),
              "n_cellzoo": int(len(np.unique(m_cz)) - 1)}

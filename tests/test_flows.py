@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from cellzoo.metrics import instance_scores
 from cellzoo.postprocess.flows import clean_foreground, flow_errors, flows_to_instances
+from cellzoo.synthetic.network_maps import perturb_flow_maps
 from cellzoo.transforms.flows import LabelsToFlowsd, labels_to_flows
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -179,21 +180,9 @@ def test_postprocess_inputs_and_filters():
     assert flows_to_instances(5 * labels_to_flows(full), logits_from(full), max_size_fraction=1.0).max() == 1
 
 
-def perturbed(flows: np.ndarray, logits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Network-like inputs: smooth noise on 5 x flows and on blurred logits."""
-    rng = np.random.default_rng(seed)
-
-    def smooth(shape: tuple[int, ...]) -> np.ndarray:
-        n = ndi.gaussian_filter(rng.standard_normal(shape), 2.0)
-        return (n / n.std()).astype(np.float32)
-
-    noisy = flows + 1.5 * np.stack([smooth(flows.shape[1:]), smooth(flows.shape[1:])])
-    return noisy.astype(np.float32), (ndi.gaussian_filter(logits, 1.0) + smooth(logits.shape)).astype(np.float32)
-
-
 def test_perturbed_inputs_give_consecutive_ids():
     lab = blobs((160, 160), 40, seed=8)
-    flows, logits = perturbed(5 * labels_to_flows(lab), logits_from(lab), seed=8)
+    flows, logits = perturb_flow_maps(5 * labels_to_flows(lab), logits_from(lab), seed=8)
     pred = flows_to_instances(flows, logits)
     assert set(np.unique(pred)) == set(range(pred.max() + 1))
     assert f1(lab, pred) >= 0.8
@@ -248,7 +237,7 @@ def test_masks_match_cellpose_compute_masks(cellpose_dynamics):
     scores = []
     for i, lab in enumerate(_reference_sets()):
         clean = (5 * cellpose_dynamics.masks_to_flows(lab, device=torch.device("cpu"))).astype(np.float32)
-        for flows, logits in [(clean, logits_from(lab)), perturbed(clean, logits_from(lab), seed=i)]:
+        for flows, logits in [(clean, logits_from(lab)), perturb_flow_maps(clean, logits_from(lab), seed=i)]:
             # both get the same cleaned foreground; cellpose does not fill holes / drop specks itself
             fg_logits = np.where(clean_foreground(logits > 0, 16), 4.0, -4.0).astype(np.float32)
             ref = cellpose_dynamics.compute_masks(flows, fg_logits, device=torch.device("cpu"), max_size_fraction=0.9)

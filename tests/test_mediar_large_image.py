@@ -33,7 +33,7 @@ configs = bundle_path("mediar_cellseg") / "configs"
 parser = ConfigParser()
 parser.read_config([str(configs / "inference.yaml"), str(configs / "quick.yaml")])
 network = load_weights(parser.get_parsed_content("network_def"), ckpt)
-segmenter = FlowSegmenter(network, mediar_predict_transforms(), roi_size=256, overlap=0.25, tta=False,
+segmenter = FlowSegmenter(network, mediar_predict_transforms(load=False), roi_size=256, overlap=0.25, tta=False,
                           sw_batch_size=8, predict_tile_size=2048, flow_threshold=0.0, progress=False)
 tiles = len(segmenter.predictor._tiles((4096, 4096)))
 segmenter.run([image], out)

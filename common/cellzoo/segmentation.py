@@ -25,6 +25,7 @@ from cellzoo.io import read_image, write_tiff
 from cellzoo.postprocess.flows import flows_to_instances
 from cellzoo.postprocess.measure import measure_cells, write_measurements_csv
 from cellzoo.postprocess.overlay import write_overlay_png
+from cellzoo.transforms.mediar_augment import as_cyx
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class FlowSegmenter:
     def __init__(
         self,
         networks: nn.Module | Sequence[nn.Module],
-        preprocess: Callable[[dict], dict],
+        preprocess: Callable[[dict], dict],  # {"image": (C, H, W) array} -> {"image": (3, H, W) in [0, 1]}
         roi_size: int = 512,
         overlap: float = 0.6,
         tta: bool = True,
@@ -91,8 +92,8 @@ class FlowSegmenter:
 
     def segment_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray, str]:
         """Read and segment one image file: returns (labels, raw image, its axes)."""
-        raw, axes = read_image(path)
-        image = torch.as_tensor(np.asarray(self.preprocess({"image": str(path)})["image"]), dtype=torch.float32)
+        raw, axes = read_image(path)  # read once: the raw image also feeds the measurements and overlay
+        image = torch.as_tensor(np.asarray(self.preprocess({"image": as_cyx(raw, axes)})["image"]), dtype=torch.float32)
         started = time.perf_counter()
         maps = self.predict_maps(image)
         network_s = time.perf_counter() - started

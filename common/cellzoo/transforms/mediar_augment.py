@@ -39,12 +39,22 @@ from cellzoo.transforms.labels import BoundaryExclusiond
 
 __all__ = [
     "CellImageReader",
+    "as_cyx",
     "mediar_predict_transforms",
     "mediar_train_transforms",
     "mediar_valid_transforms",
     "stack_target",
     "to_three_channels",
 ]
+
+
+def as_cyx(array: np.ndarray, axes: str) -> np.ndarray:
+    """A 2D image with its axes string (YX, YXC, CYX) as a channel-first (C, H, W) array, dtype kept."""
+    # A 4th interleaved sample (YXC, e.g. RGBA png) is alpha; planar CYX channels are data and kept.
+    array, found = to_channel_first(array, axes, dtype=None, drop_alpha=axes.endswith("C"))
+    if found != "CYX":
+        raise InputError(f"expected a 2D image (optionally with channels), got axes '{found}'")
+    return array
 
 
 class CellImageReader(ImageReader):
@@ -69,10 +79,7 @@ class CellImageReader(ImageReader):
 
     def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
         """Channel-first array and the metadata MONAI needs (channel dim 0)."""
-        # A 4th interleaved sample (YXC, e.g. RGBA png) is alpha; planar CYX channels are data and kept.
-        array, axes = to_channel_first(*img, dtype=None, drop_alpha=img[1].endswith("C"))
-        if axes != "CYX":
-            raise InputError(f"expected a 2D image (optionally with channels), got axes '{axes}'")
+        array = as_cyx(*img)
         return array, {"spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
 
 
@@ -211,8 +218,9 @@ def mediar_valid_transforms(
 
 
 def mediar_predict_transforms(
-    image_key: str = "image", channel_wise: bool = True, percentiles: tuple[float, float] = (0.0, 99.5)
+    image_key: str = "image", load: bool = True, channel_wise: bool = True,
+    percentiles: tuple[float, float] = (0.0, 99.5),
 ) -> Compose:
-    """MEDIAR inference preprocessing for images without labels: read, 3 channels, percentile scaling."""
-    chain = _load([image_key], True) + _preprocess(image_key, percentiles, channel_wise)
+    """MEDIAR inference preprocessing: read (or take a (C, H, W) array), 3 channels, percentile scaling."""
+    chain = _load([image_key], load) + _preprocess(image_key, percentiles, channel_wise)
     return Compose(chain + [EnsureTyped(image_key, track_meta=False)])

@@ -29,6 +29,7 @@ import tifffile
 import torch
 
 from cellzoo.metrics import instance_scores
+from cellzoo.metrics.flows import mean_flow_cosine
 from cellzoo.postprocess.flows import clean_foreground, flows_to_instances
 from cellzoo.synthetic.network_maps import perturb_flow_maps
 from cellzoo.transforms.flows import labels_to_flows
@@ -66,15 +67,6 @@ def race(ref: Callable[[], object], ours: Callable[[], object], repeats: int) ->
     return statistics.median(t_ref), statistics.median(t_our), ref_out, our_out
 
 
-def cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """Mean cosine similarity over `mask`; two zero vectors agree (1), one zero vector gives 0."""
-    a, b = a[:, mask].astype(np.float64), b[:, mask].astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
-    cos = (a * b).sum(0) / np.where(na * nb > 0, na * nb, 1.0)
-    cos[(na == 0) & (nb == 0)] = 1.0
-    return float(cos.mean())
-
-
 def f1(a: np.ndarray, b: np.ndarray) -> float:
     """F1 at IoU 0.5 between two label images."""
     return instance_scores(a.astype(np.int32), b.astype(np.int32))["thresholds"]["0.50"]["f1"]
@@ -87,7 +79,7 @@ def bench_image(dyn: ModuleType, lab: np.ndarray, repeats: int, threads: int, se
         lambda: dyn.masks_to_flows(lab, device=cpu), lambda: labels_to_flows(lab, num_threads=threads), repeats
     )
     flows_res = {"cellpose_s": t_cp, "cellzoo_s": t_cz, "speedup": t_cp / t_cz,
-                 "mean_cosine": cosine(ref, ours, lab > 0)}
+                 "mean_cosine": mean_flow_cosine(ref, ours, lab > 0)}
 
     flows = (5 * ref).astype(np.float32)
     logits = np.where(lab > 0, 4.0, -4.0).astype(np.float32)

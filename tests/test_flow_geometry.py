@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cellzoo.metrics.flows import mean_flow_cosine
 from cellzoo.synthetic import render_field
 from cellzoo.transforms.flow_geometry import (
     NormalizeFlowsd,
@@ -22,26 +23,21 @@ def labels() -> np.ndarray:
     return render_field(size=(96, 80), seed=3, modalities=("nuclear",))["labels_cells"]
 
 
-def _agreement(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> float:
-    inside = labels > 0
-    return float((a * b).sum(0)[inside].mean())
-
-
 @pytest.mark.parametrize("axis", [0, 1])
 def test_flip_matches_flows_of_flipped_labels(labels, axis):
     flipped = flip_flows(labels_to_flows(labels), axis)
     expected = labels_to_flows(np.flip(labels, axis))
-    assert _agreement(flipped, expected, np.flip(labels, axis)) > 0.98
+    assert mean_flow_cosine(flipped, expected, np.flip(labels, axis) > 0) > 0.98
     # without negating the component the agreement is clearly worse: the test can tell
     naive = np.flip(labels_to_flows(labels), axis=1 + axis)
-    assert _agreement(naive, expected, np.flip(labels, axis)) < 0.8
+    assert mean_flow_cosine(naive, expected, np.flip(labels, axis) > 0) < 0.8
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_rot90_matches_flows_of_rotated_labels(labels, k):
     rotated_labels = np.rot90(labels, k)
     rotated = rot90_flows(labels_to_flows(labels), k)
-    assert _agreement(rotated, labels_to_flows(rotated_labels), rotated_labels) > 0.98
+    assert mean_flow_cosine(rotated, labels_to_flows(rotated_labels), rotated_labels > 0) > 0.98
 
 
 def test_rot90_four_times_is_identity(labels):
@@ -68,4 +64,17 @@ def test_random_transforms_keep_image_labels_and_flows_together(labels):
         transform.set_random_state(5)
         out = transform(data)
         np.testing.assert_array_equal(out["image"][0], out["label"][0].astype(np.float32))
-        assert _agreement(out["flows"], labels_to_flows(out["label"][0]), out["label"][0]) > 0.98
+        assert mean_flow_cosine(out["flows"], labels_to_flows(out["label"][0]), out["label"][0] > 0) > 0.98
+
+
+def test_mean_flow_cosine_hand_cases():
+    a = np.zeros((2, 1, 4), np.float32)
+    a[:, 0, 0] = (1, 0)  # same direction as b: 1
+    a[:, 0, 1] = (0, 2)  # opposite to b: -1
+    b = np.zeros_like(a)
+    b[:, 0, 0] = (3, 0)
+    b[:, 0, 1] = (0, -1)
+    b[:, 0, 2] = (1, 1)  # a is zero here: 0; pixel 3 is zero in both: 1
+    mask = np.ones((1, 4), bool)
+    assert mean_flow_cosine(a, b, mask) == pytest.approx((1 - 1 + 0 + 1) / 4)
+    assert mean_flow_cosine(a, b, np.array([[True, False, False, False]])) == pytest.approx(1.0)

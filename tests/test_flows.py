@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from cellzoo.metrics import instance_scores
+from cellzoo.metrics.flows import mean_flow_cosine
 from cellzoo.postprocess.flows import clean_foreground, flow_errors, flows_to_instances
 from cellzoo.synthetic.network_maps import perturb_flow_maps
 from cellzoo.transforms.flows import LabelsToFlowsd, labels_to_flows
@@ -68,15 +69,6 @@ def logits_from(labels: np.ndarray) -> np.ndarray:
     return np.where(labels > 0, 4.0, -4.0).astype(np.float32)
 
 
-def cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """Mean cosine similarity over `mask`; two zero vectors count as agreeing, one zero vector as 0."""
-    a, b = a[:, mask].astype(np.float64), b[:, mask].astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
-    cos = (a * b).sum(0) / np.where(na * nb > 0, na * nb, 1.0)
-    cos[(na == 0) & (nb == 0)] = 1.0
-    return float(cos.mean())
-
-
 # ---------------------------------------------------------------- labels_to_flows
 
 
@@ -130,7 +122,7 @@ def test_float64_matches_float32():
     lab = blobs((128, 128), 25, seed=4)
     lab[60:63, 0:128] = lab.max() + 1  # long thin cell: tiled, per-tile scaled heat
     a, b = labels_to_flows(lab), labels_to_flows(lab, precision="float64")
-    assert cosine(a, b, lab > 0) > 0.999  # only exact-centre pixels (gradient ~0 by symmetry) may differ
+    assert mean_flow_cosine(a, b, lab > 0) > 0.999  # only exact-centre pixels (gradient ~0 by symmetry) may differ
 
 
 def test_labels_to_flowsd_adds_flows_key():
@@ -229,7 +221,7 @@ def _reference_sets() -> list[np.ndarray]:
 def test_flows_match_cellpose(cellpose_dynamics):
     for lab in _reference_sets():
         ref = cellpose_dynamics.masks_to_flows(lab, device=torch.device("cpu"))
-        assert cosine(ref, labels_to_flows(lab), lab > 0) >= 0.98
+        assert mean_flow_cosine(ref, labels_to_flows(lab), lab > 0) >= 0.98
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # cellpose's sparse-tensor warning

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cellzoo.errors import InputError
-from cellzoo.evaluation import IMAGE_SUFFIXES, file_stem
+from cellzoo.evaluation import file_stem, list_images
 from cellzoo.inference import FlipTTA, WholeImagePredictor, flow_flip_inverse
 from cellzoo.io import read_image, write_tiff
 from cellzoo.postprocess.flows import flows_to_instances
@@ -32,17 +31,6 @@ logger = logging.getLogger(__name__)
 # MEDIAR splits images above 25 megapixels into 2000 x 2000 tiles for post-processing.
 LARGE_IMAGE_PIXELS = 25_000_000
 POSTPROCESS_TILE = 2000
-
-
-def list_image_files(folder: str | Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted; InputError when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("folder not found", folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise InputError("no image files found", folder)
-    return files
 
 
 class FlowSegmenter:
@@ -105,7 +93,8 @@ class FlowSegmenter:
     def run(self, inputs: str | Path | Sequence[str | Path], output_dir: str | Path,
             write_extras: bool = True) -> list[Path]:
         """Segment every image of a folder (or a list of files); write labels (+ CSV and overlay) to `output_dir`."""
-        files = list_image_files(inputs) if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+        # list_images also refuses two files with one stem, whose outputs would overwrite each other
+        files = list(list_images(inputs).values()) if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
         output_dir = Path(output_dir)
         written = []
         for path in tqdm(files, desc="segment", unit="image", disable=not self.progress):

@@ -524,9 +524,10 @@ def labels_to_flows(
 class LabelsToFlowsd(MapTransform):
     """Add Cellpose/MEDIAR flow targets (2, H, W) computed from a (1, H, W) or (H, W) instance label image.
 
-    Flows depend on cell geometry, so compute them after every spatial augmentation (last in the chain, as
-    ``mediar_train_transforms`` does), or before a cache only when no spatial transform follows. It is cheap enough
-    to run per sample: a 512x512 crop with 187 cells (NeurIPS CellSeg cell_00849) takes about 0.14 s on one core
+    Flows depend on cell geometry: ``mediar_train_transforms`` computes them once per image before the random
+    steps (so CacheDataset keeps them) and moves them with flow-aware flips, rotations and zoom
+    (``cellzoo.transforms.flow_geometry``). Run it after a spatial transform that has no flow-aware version. For
+    scale: a 512x512 crop with 187 cells (NeurIPS CellSeg cell_00849) takes about 0.14 s on one core
     of the shared 2-core benchmark VM, against 0.48 s for cellpose 3.1 (docs/benchmarks.md).
     `scale` multiplies the unit vectors (MEDIAR trains on 5 x flows but applies the 5 in its loss, so keep 1).
     """

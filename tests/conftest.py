@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REALDATA = SHARED / "realdata"
 
 
 @pytest.fixture(scope="session")

@@ -18,23 +18,17 @@ import pytest
 import tifffile
 import torch
 
-from cellzoo.bundles import bundle_path
+import bundle_cli
 from cellzoo.synthetic import synthesize
 
 BUNDLE = "mediar_cellseg"
-CONFIGS = bundle_path(BUNDLE) / "configs"
 # Tiny runs: one short epoch each, 128 px crops.
 SHORT = ["--max_epochs", "1", "--samples_per_epoch", "8", "--batch_size", "4", "--n_folds", "3"]
 
 
 def run_bundle(config: str, *args: str) -> subprocess.CompletedProcess:
     """python -m monai.bundle run with `config` + quick.yaml, as a user would type it."""
-    files = f"['{CONFIGS / (config + '.yaml')}', '{CONFIGS / 'quick.yaml'}']"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files,
-               "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return bundle_cli.run_bundle(BUNDLE, [config, "quick"], *args)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, demo.
+"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, package, install, demo.
 
 Bad input ends in one line on stderr naming the file and the problem, and exit code 2;
 `--debug` shows the traceback instead.
@@ -139,6 +139,36 @@ class CellzooCLI:
         run_config(bundle, "inference", quick=bool(quick), input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
+
+    def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None):
+        """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.
+
+        Files over --large-file-mb MB stay out of the zip: they are copied to <name>_v<version>_files/ and
+        listed in the zip's large_files.yml under --base-url (where you will publish them).
+        """
+        from cellzoo.packaging import listed_large_files, package_bundle
+
+        if float(large_file_mb) <= 0:
+            raise InputError(f"--large-file-mb must be positive, got {large_file_mb}")
+        zip_path = package_bundle(str(bundle), str(out), large_file_mb=float(large_file_mb),
+                                  base_url=None if base_url is None else str(base_url))
+        print(zip_path)
+        for entry in listed_large_files(zip_path):
+            print(f"large file {entry['path']} -> {entry['url']}")
+
+    def install(self, source: str, bundle_dir: str, sha256: str | None = None):
+        """Download (URL) or read (path) a bundle zip, check hash and entries, extract and fetch large files.
+
+        --sha256 HEX refuses a zip whose sha256 differs; nothing is written unless every check passes.
+        """
+        import re
+
+        from cellzoo.packaging import install_bundle
+
+        # fire turns an all-digit value into a number, so a hex digest is checked as text here
+        if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
+            raise InputError(f"--sha256 must be 64 hex digits (quote it), got {sha256!r}")
+        print(install_bundle(str(source), str(bundle_dir), sha256=None if sha256 is None else str(sha256)))
 
     def demo(self, out: str = "demo_output", seed: int = 0):
         """Synthesise a small dataset, draw it, measure its cells and evaluate its labels against themselves."""

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import SpatialPad, pad_nd
 from monai.transforms.utils import compute_divisible_spatial_size
 from torch import Tensor, nn
@@ -239,6 +239,24 @@ class WholeImagePredictor:
             return self.output_activation(out) if self.output_activation is not None else out
 
         return run
+
+
+class WholeImageInferer(Inferer):
+    """WholeImagePredictor as a MONAI Inferer, so MONAI engines (SupervisedEvaluator) and bundle tools drive it.
+
+    The engine's network is predicted with; an `nn.ModuleList` is an ensemble whose outputs are averaged.
+    Keyword arguments are WholeImagePredictor's (roi_size, overlap, tta, tile_size, amp ...). The output
+    is returned on the input's device, so post-processing runs where the network ran.
+    """
+
+    def __init__(self, **predictor_args):
+        super().__init__()
+        self.predictor_args = {"progress": False, **predictor_args}
+
+    def __call__(self, inputs: Tensor, network: nn.Module, *args, **kwargs) -> Tensor:
+        networks = list(network) if isinstance(network, nn.ModuleList) else network
+        predictor = WholeImagePredictor(networks, device=inputs.device, **self.predictor_args)
+        return predictor(inputs).to(inputs.device)
 
 
 def _float_cpu(region: Tensor | np.ndarray) -> Tensor:

@@ -20,18 +20,12 @@ from tqdm.auto import tqdm
 
 from cellzoo.evaluation import file_stem, list_images
 from cellzoo.inference import FlipTTA, WholeImagePredictor, flow_flip_inverse
-from cellzoo.io import read_image, write_tiff
-from cellzoo.postprocess.flows import flows_to_instances
-from cellzoo.postprocess.measure import measure_cells, write_measurements_csv
-from cellzoo.postprocess.overlay import write_overlay_png
+from cellzoo.io import read_image
+from cellzoo.postprocess.flows import flows_to_instances, large_image_tile
+from cellzoo.postprocess.outputs import write_cell_outputs
 from cellzoo.transforms.mediar_augment import as_cyx
 
 logger = logging.getLogger(__name__)
-
-# MEDIAR splits images above 25 megapixels into 2000 x 2000 tiles for post-processing.
-LARGE_IMAGE_PIXELS = 25_000_000
-POSTPROCESS_TILE = 2000
-
 
 class FlowSegmenter:
     """Networks -> [flow_y, flow_x, cellprob] maps -> instances, for single images or whole folders."""
@@ -72,8 +66,7 @@ class FlowSegmenter:
 
     def maps_to_labels(self, maps: torch.Tensor) -> np.ndarray:
         """Network maps -> int32 instance labels; images above 25 MP are post-processed in tiles."""
-        height, width = maps.shape[-2:]
-        tile = POSTPROCESS_TILE if height * width > LARGE_IMAGE_PIXELS else None
+        tile = large_image_tile(maps.shape[-2:])
         # The network learns flow_scale x the unit flows (MEDIAR's loss); post-processing divides it out.
         return flows_to_instances(maps[:2], maps[2], flow_scale=self.flow_scale, tile_size=tile,
                                   device=self.predictor.device, **self.postprocess_args)
@@ -107,15 +100,4 @@ class FlowSegmenter:
     def write_outputs(path: Path, labels: np.ndarray, raw: np.ndarray, axes: str, output_dir: Path,
                       write_extras: bool = True) -> Path:
         """labels/<stem>_label.tiff and, with extras, measurements/<stem>_cells.csv and overlays/<stem>_overlay.png."""
-        stem = file_stem(Path(path))
-        for sub in ("labels", "measurements", "overlays") if write_extras else ("labels",):
-            (output_dir / sub).mkdir(parents=True, exist_ok=True)
-        dtype = np.uint16 if labels.max() < 2**16 else np.uint32
-        label_path = write_tiff(output_dir / "labels" / f"{stem}_label.tiff", labels.astype(dtype), "YX")
-        if write_extras:
-            channel_axis = axes.index("C") if "C" in axes else None
-            rows = measure_cells(labels, raw, channel_axis=channel_axis)
-            write_measurements_csv(rows, output_dir / "measurements" / f"{stem}_cells.csv")
-            display = np.moveaxis(raw, channel_axis, -1) if channel_axis is not None else raw
-            write_overlay_png(output_dir / "overlays" / f"{stem}_overlay.png", display, labels)
-        return label_path
+        return write_cell_outputs(file_stem(Path(path)), labels, as_cyx(raw, axes), output_dir, write_extras)

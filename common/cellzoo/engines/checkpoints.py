@@ -36,3 +36,10 @@ def load_weights(network: nn.Module, path: str | Path | None, strict: bool = Tru
     network.load_state_dict(read_state_dict(path, key), strict=strict)
     logger.info("loaded weights from %s", path)
     return network
+
+
+def latest_checkpoint(folder: str | Path, pattern: str = "*.pt") -> str | None:
+    """The most recently written checkpoint in `folder` (None when there is none): the resume point."""
+    folder = Path(folder)
+    candidates = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return str(candidates[-1]) if candidates else None

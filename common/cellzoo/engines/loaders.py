@@ -38,3 +38,23 @@ def training_loader(
         replay_per_batch=replay_per_batch, seed=seed, target_sampler=sampler,
     )
     return DataLoader(ConcatDataset([dataset, replay_dataset]), batch_sampler=batch_sampler, num_workers=num_workers)
+
+
+class SamplerEpochHandler:
+    """Ignite handler: call `set_epoch(epoch)` on the loader's samplers when each epoch starts.
+
+    MONAI's engines do this only for a DistributedSampler; AmplifiedSampler and MemoryReplayBatchSampler
+    draw a new order per epoch only when told the epoch, so without this every epoch would repeat epoch 0.
+    """
+
+    def __init__(self, loader: DataLoader):
+        self.samplers = [s for s in (loader.sampler, loader.batch_sampler) if hasattr(s, "set_epoch")]
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        for sampler in self.samplers:
+            sampler.set_epoch(engine.state.epoch)

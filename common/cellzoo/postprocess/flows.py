@@ -258,6 +258,17 @@ def _stitch_tiles(
     return out
 
 
+# MEDIAR splits images above 25 megapixels into 2000 x 2000 tiles for post-processing.
+LARGE_IMAGE_PIXELS = 25_000_000
+POSTPROCESS_TILE = 2000
+
+
+def large_image_tile(shape) -> int | None:
+    """The post-processing tile size for an image of (H, W) `shape`: None (whole image) up to 25 MP."""
+    height, width = (int(v) for v in shape[-2:])
+    return POSTPROCESS_TILE if height * width > LARGE_IMAGE_PIXELS else None
+
+
 def flows_to_instances(
     flows: np.ndarray | torch.Tensor,
     cellprob_logits: np.ndarray | torch.Tensor,

@@ -13,6 +13,7 @@ from monai.data.utils import is_supported_format
 from monai.transforms import (
     CastToTyped,
     Compose,
+    CopyItemsd,
     EnsureTyped,
     Lambda,
     Lambdad,
@@ -219,8 +220,12 @@ def mediar_valid_transforms(
 
 def mediar_predict_transforms(
     image_key: str = "image", load: bool = True, channel_wise: bool = True,
-    percentiles: tuple[float, float] = (0.0, 99.5),
+    percentiles: tuple[float, float] = (0.0, 99.5), raw_key: str | None = None,
 ) -> Compose:
-    """MEDIAR inference preprocessing: read (or take a (C, H, W) array), 3 channels, percentile scaling."""
-    chain = _load([image_key], load) + _preprocess(image_key, percentiles, channel_wise)
+    """MEDIAR inference preprocessing: read (or take a (C, H, W) array), 3 channels, percentile scaling.
+
+    With `raw_key`, the image as read is kept under that key too (cells are measured on raw intensities).
+    """
+    keep_raw = [CopyItemsd(image_key, names=raw_key)] if raw_key else []
+    chain = _load([image_key], load) + keep_raw + _preprocess(image_key, percentiles, channel_wise)
     return Compose(chain + [EnsureTyped(image_key, track_meta=False)])

@@ -1,20 +1,28 @@
-"""MONAI dictionary transforms that turn network maps into instances inside engines (validation)."""
+"""MONAI dictionary transforms that turn network maps into instances and write them, inside engines."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from cellzoo.postprocess.flows import flows_to_instances
+from cellzoo.evaluation import file_stem
+from cellzoo.postprocess.flows import flows_to_instances, large_image_tile
+from cellzoo.postprocess.outputs import write_cell_outputs
+
+logger = logging.getLogger(__name__)
 
 
 class FlowsToInstancesd(MapTransform):
     """Replace (3, H, W) [flow_y, flow_x, cellprob logit] maps by (1, H, W) int32 instance labels.
 
-    Keyword arguments go to `flows_to_instances` (thresholds, flow_scale, niter, min_size ...).
+    Keyword arguments go to `flows_to_instances` (thresholds, flow_scale, niter, min_size ...). Unless
+    `tile_size` is given, images above 25 MP are post-processed in 2000-px tiles (MEDIAR's setting).
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
@@ -25,6 +33,31 @@ class FlowsToInstancesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             maps = torch.as_tensor(d[key]).detach()
-            labels = flows_to_instances(maps[:2], maps[2], device=maps.device, **self.postprocess_args)
+            args = {"tile_size": large_image_tile(maps.shape), **self.postprocess_args}
+            labels = flows_to_instances(maps[:2], maps[2], device=maps.device, **args)
             d[key] = torch.from_numpy(labels)[None]
+        return d
+
+
+class SaveCellOutputsd(MapTransform):
+    """Write the label TIFF (+ per-cell CSV and overlay) of each item: the end of an inference engine.
+
+    `keys` holds (1, H, W) instance labels, `image_key` the raw (C, H, W) image the cells are measured on
+    and `path_key` the source file, whose stem names the outputs (see cellzoo.postprocess.outputs).
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, image_key: str = "raw", path_key: str = "path",
+                 write_extras: bool = True, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.image_key, self.path_key, self.write_extras = image_key, path_key, write_extras
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        path = Path(str(d[self.path_key]))
+        image = np.asarray(torch.as_tensor(d[self.image_key]).cpu())
+        for key in self.key_iterator(d):
+            labels = np.asarray(torch.as_tensor(d[key]).cpu())[0]
+            write_cell_outputs(file_stem(path), labels, image, self.output_dir, self.write_extras)
+            logger.info("%s: %d cells", path.name, int(labels.max(initial=0)))
         return d

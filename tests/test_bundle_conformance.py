@@ -19,22 +19,30 @@ from conftest import SHARED
 SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
 BUNDLES = [Path(b["path"]) for b in list_bundles()]
 REQUIRED_FILES = ["LICENSE", "configs/metadata.json", "configs/inference.yaml", "docs/README.md"]
-# with a train config a bundle also has its CPU-sized override and its multi-GPU override
+# with train configs a bundle also has its CPU-sized override and its multi-GPU override
 TRAINING_FILES = ["configs/quick.yaml", "configs/multi_gpu_train.yaml"]
 # the synthetic data each bundle's configs read: (layout, train config's data key, inference config's
 # input key, sub-folder of the layout that inference reads)
-SYNTHETIC = {"mediar_cellseg": ("cellseg", "dataset_dir", "input_dir", "images")}
+SYNTHETIC = {"mediar_cellseg": ("cellseg", "dataset_dir", "input_dir", "images"),
+             "isl_segmentation": ("isl", "dataset_dir", "input_dir", "")}
+
+
+def train_configs(bundle: Path) -> list[str]:
+    """Names of a bundle's training configs: pretrain.yaml and train*.yaml (not the multi-GPU override)."""
+    names = [p.stem for p in (bundle / "configs").glob("*.yaml")]
+    return sorted(n for n in names if n == "pretrain" or (n.startswith("train")))
 
 ids = [b.name for b in BUNDLES]
 
 
 def test_bundles_exist():
-    assert "mediar_cellseg" in ids
+    assert {"mediar_cellseg", "isl_segmentation"} <= set(ids)
+    assert set(ids) <= set(SYNTHETIC), "add new bundles to SYNTHETIC"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=ids)
 def test_required_files(bundle):
-    required = REQUIRED_FILES + (TRAINING_FILES if (bundle / "configs" / "train.yaml").exists() else [])
+    required = REQUIRED_FILES + (TRAINING_FILES if train_configs(bundle) else [])
     missing = [name for name in required if not (bundle / name).is_file()]
     assert not missing, missing
 
@@ -111,11 +119,12 @@ def workflow_network(bundle: Path):
 
 
 @pytest.mark.slow
-def test_train_and_pretrain_properties(bundle_with_data):
+def test_train_properties(bundle_with_data):
     bundle = bundle_with_data["bundle"]
-    for config in ("train", "pretrain"):
-        if (bundle / "configs" / f"{config}.yaml").exists():
-            assert workflow(bundle, config, "train", **bundle_with_data["train"]).check_properties() == [], config
+    configs = train_configs(bundle)
+    assert configs
+    for config in configs:
+        assert workflow(bundle, config, "train", **bundle_with_data["train"]).check_properties() == [], config
 
 
 @pytest.mark.slow

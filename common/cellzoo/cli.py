@@ -1,4 +1,4 @@
-"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, package, install, demo.
+"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, isl-fewshot, package, install, demo.
 
 Bad input ends in one line on stderr naming the file and the problem, and exit code 2;
 `--debug` shows the traceback instead.
@@ -139,6 +139,30 @@ class CellzooCLI:
         run_config(bundle, "inference", quick=bool(quick), input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
+
+    def isl_fewshot(self, data: str, sizes="1,10,50", task: str = "nuclei", quick: bool = False,
+                    out: str = "isl_fewshot", n_test: int | None = None, seed: int = 0, crops: int = 5,
+                    pretext_epochs: int | None = None, finetune_epochs: int | None = None):
+        """ISL few-shot study: scratch vs ISL-pretrained segmenters at each training-set size N.
+
+        DATA is an ISL-layout folder (fields with label-free planes, the stain and labels). A fixed test set
+        (--n-test fields, default 20%) is scored on --crops random crops per field; writes
+        <out>/fewshot_<task>.csv and .png and prints the table.
+        """
+        from cellzoo.isl_fewshot import run_fewshot
+
+        parts = sizes if isinstance(sizes, (list, tuple)) else str(sizes).split(",")
+        try:
+            size_list = [int(part) for part in parts]
+        except ValueError as err:
+            raise InputError(f"--sizes must be comma-separated integers, got {sizes!r}") from err
+        rows = run_fewshot(str(data), size_list, task=str(task), out=str(out), quick=bool(quick), n_test=n_test,
+                           seed=int(seed), crops_per_image=int(crops), pretext_epochs=pretext_epochs,
+                           finetune_epochs=finetune_epochs)
+        print(f"{'N':>4}  {'init':<10}  {rows[0]['metric']}")
+        for row in rows:
+            print(f"{row['n_train']:>4}  {row['init']:<10}  {row['value']:.3f}")
+        print(f"table and plot in {out}")
 
     def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None):
         """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.

@@ -1,6 +1,6 @@
 """Network architectures used by the cellzoo bundles."""
 
-from cellzoo.networks.isl import ISLCellNet, ShiftedSigmoid, isl_unet
+from cellzoo.networks.isl import ISLCellNet, ISLNucleusNet, ShiftedSigmoid, isl_network, isl_unet
 from cellzoo.networks.mediar import MEDIARFormer
 
-__all__ = ["ISLCellNet", "MEDIARFormer", "ShiftedSigmoid", "isl_unet"]
+__all__ = ["ISLCellNet", "ISLNucleusNet", "MEDIARFormer", "ShiftedSigmoid", "isl_network", "isl_unet"]

@@ -35,6 +35,8 @@ from cellzoo.errors import InputError
 __all__ = [
     "INIT_MODES",
     "ISLCellNet",
+    "ISLNucleusNet",
+    "isl_network",
     "ShiftedSigmoid",
     "initialise_unet",
     "isl_unet",
@@ -191,3 +193,43 @@ class ISLCellNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.unet(x))
+
+
+class ISLNucleusNet(nn.Module):
+    """Nucleus transfer model (paper 003, sec. 2.2): the 1-channel ISL Unet followed by ``ShiftedSigmoid``.
+
+    Output (B, 1, H, W) nucleus probabilities, for the Jaccard loss and a 0.5 threshold.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        encoder_name: str = "densenet121",
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        init: str | Path | None = None,
+        centre: float = 0.5,
+        slope: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.unet = isl_unet(in_channels, 1, encoder_name, None, decoder_channels, init=init)
+        self.activation = ShiftedSigmoid(centre, slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.unet(x))
+
+
+def isl_network(
+    task: str,
+    in_channels: int = 3,
+    encoder_name: str = "densenet121",
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    init: str | Path | None = None,
+) -> nn.Module:
+    """The network of an ISL task: "fluorescence" (pretext Unet, 1 output), "nuclei" or "cells"."""
+    if task == "fluorescence":
+        return isl_unet(in_channels, 1, encoder_name, None, decoder_channels, init=init)
+    if task == "nuclei":
+        return ISLNucleusNet(in_channels, encoder_name, decoder_channels, init=init)
+    if task == "cells":
+        return ISLCellNet(in_channels, encoder_name, decoder_channels, init=init)
+    raise ValueError(f"task must be fluorescence, nuclei or cells, got {task!r}")

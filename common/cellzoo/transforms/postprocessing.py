@@ -1,4 +1,8 @@
-"""MONAI dictionary transforms that turn network maps into instances and write them, inside engines."""
+"""MONAI dictionary transforms that turn network maps into instances and write them, inside engines.
+
+MEDIAR flows (`FlowsToInstancesd`), ISL distance maps (`DistanceToInstancesd`) and nucleus probabilities
+(`ProbabilityToInstancesd`) become instance labels; `SaveCellOutputsd` and `SaveFluorescenced` write files.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from cellzoo.evaluation import file_stem
+from cellzoo.io import write_ome_tiff
 from cellzoo.postprocess.flows import flows_to_instances, large_image_tile
 from cellzoo.postprocess.outputs import write_cell_outputs
+from cellzoo.postprocess.watershed import distance_to_instances, nuclei_to_instances
 
 logger = logging.getLogger(__name__)
 
@@ -60,4 +66,60 @@ class SaveCellOutputsd(MapTransform):
             labels = np.asarray(torch.as_tensor(d[key]).cpu())[0]
             write_cell_outputs(file_stem(path), labels, image, self.output_dir, self.write_extras)
             logger.info("%s: %d cells", path.name, int(labels.max(initial=0)))
+        return d
+
+
+class DistanceToInstancesd(MapTransform):
+    """Replace (2, H, W) [distance, mask logit] maps (ISL cell model) by (1, H, W) int32 instance labels.
+
+    h-maxima seeds of the distance, watershed inside sigmoid(mask logit) > mask_threshold
+    (`cellzoo.postprocess.watershed.distance_to_instances`; keyword arguments go there).
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
+        super().__init__(keys, allow_missing_keys)
+        self.postprocess_args = postprocess_args
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            maps = torch.as_tensor(d[key]).detach().float().cpu()
+            labels = distance_to_instances(maps[0].numpy(), torch.sigmoid(maps[1]).numpy(), **self.postprocess_args)
+            d[key] = torch.from_numpy(labels)[None]
+        return d
+
+
+class ProbabilityToInstancesd(MapTransform):
+    """Replace a (1, H, W) probability map (ISL nucleus model) by (1, H, W) int32 instances (connected components).
+
+    Keyword arguments go to `cellzoo.postprocess.watershed.nuclei_to_instances` (threshold, min_size, split).
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
+        super().__init__(keys, allow_missing_keys)
+        self.postprocess_args = postprocess_args
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            prob = torch.as_tensor(d[key]).detach().float().cpu()[0].numpy()
+            d[key] = torch.from_numpy(nuclei_to_instances(prob, **self.postprocess_args))[None]
+        return d
+
+
+class SaveFluorescenced(MapTransform):
+    """Write each item's predicted fluorescence, (1, H, W) float32, as `<output_dir>/<stem>_<name>.ome.tif`."""
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, name: str = "fluorescence",
+                 path_key: str = "path", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.name, self.path_key = Path(output_dir), name, path_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        stem = file_stem(Path(str(d[self.path_key])))
+        for key in self.key_iterator(d):
+            image = np.asarray(torch.as_tensor(d[key]).detach().float().cpu())[0]
+            path = write_ome_tiff(self.output_dir / f"{stem}_{self.name}.ome.tif", image, "YX")
+            logger.info("wrote %s", path)
         return d

@@ -9,7 +9,7 @@ from cellzoo.io.layouts.coco import (
     read_coco,
 )
 from cellzoo.io.layouts.ctc import read_ctc, read_ctc_tracks
-from cellzoo.io.layouts.isl import read_isl, select_channels
+from cellzoo.io.layouts.isl import isl_datalist, read_isl, select_channels
 from cellzoo.io.layouts.lightmycells import read_lightmycells
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "read_coco",
     "read_ctc",
     "read_ctc_tracks",
+    "isl_datalist",
     "read_isl",
     "read_lightmycells",
     "select_channels",

@@ -61,3 +61,52 @@ def select_channels(names: list[str], wanted: list[str]) -> list[str]:
             raise InputError(f"channel pattern '{pattern}' {problem}; available: {', '.join(names)}")
         chosen.append(matches[0])
     return chosen
+
+
+def isl_datalist(
+    root: str | Path,
+    inputs: list[str],
+    target: str | None = None,
+    label: str | None = None,
+    fields: list[str] | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> list[dict]:
+    """Training/inference entries for the ISL bundle: {"image": [input plane paths], "target"?, "label"?, ...}.
+
+    `inputs` picks the label-free planes by name pattern, in order (e.g. ["BRIGHTFIELD_z0", "BRIGHTFIELD_z1",
+    "PHASE_CONTRAST"] or ["DIC"]); `target` picks one fluorescence image (e.g. "DAPI") and `label` one
+    instance label image (e.g. "nuclei"); fields lacking the requested target or label are left out.
+    `fields` keeps only the named fields, in the given order (few-shot subsets, fixed test sets).
+    """
+    entries = read_isl(root, n_folds=n_folds, seed=seed)
+    if fields is not None:
+        by_name = {entry["name"]: entry for entry in entries}
+        unknown = [name for name in fields if name not in by_name]
+        if unknown:
+            raise InputError(f"no ISL field named {', '.join(unknown)}", root)
+        entries = [by_name[name] for name in fields]
+    out = []
+    for entry in entries:
+        item = {"name": entry["name"], "fold": entry["fold"]}
+        names = list(entry["inputs"])
+        item["image"] = [entry["inputs"][n] for n in select_channels(names, list(inputs))]
+        if not _add_picked(item, "target", entry["targets"], target) or not _add_picked(item, "label", entry["labels"], label):
+            continue
+        out.append(item)
+    if not out:
+        raise InputError(f"no ISL field has the requested target {target!r} / label {label!r}", root)
+    return out
+
+
+def _add_picked(item: dict, key: str, files: dict[str, str], pattern: str | None) -> bool:
+    """Add files[name matching pattern] as item[key]; False when the field has no such file."""
+    if pattern is None:
+        return True
+    exact = [n for n in files if n.lower() == pattern.lower()]
+    matches = exact or [n for n in files if pattern.lower() in n.lower()]
+    if len(matches) > 1:
+        raise InputError(f"{key} pattern '{pattern}' matches several files ({', '.join(matches)})")
+    if matches:
+        item[key] = files[matches[0]]
+    return bool(matches)

@@ -144,3 +144,21 @@ def test_property_check_reports_a_missing_inferer(bundle_with_data, tmp_path):
     # MONAI reports a missing required property by raising a KeyError that names it
     with pytest.raises(KeyError, match="Property 'inferer'"):
         workflow(bundle, broken, "infer", **bundle_with_data["infer"]).check_properties()
+
+
+@pytest.mark.slow
+def test_every_train_config_takes_mlflow_tracking(bundle_with_data):
+    """--tracking mlflow finds each train config's handler lists; TrackingExtras logs params and the checkpoint."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle = bundle_with_data["bundle"]
+    for config in train_configs(bundle):
+        flow = ConfigWorkflow(config_file=[str(bundle / "configs" / f"{config}.yaml"), str(bundle / "configs" / "quick.yaml")],
+                              meta_file=str(bundle / "configs" / "metadata.json"), workflow_type="train",
+                              tracking="mlflow", **bundle_with_data["train"])
+        train_handlers, val_handlers = flow.parser["train#handlers"], flow.parser["validate#handlers"]
+        assert train_handlers[-1]["_target_"] == "MLFlowHandler", config
+        assert val_handlers[-1]["_target_"] == "MLFlowHandler", config
+        extras = [h for h in train_handlers if h.get("_target_") == "cellzoo.tracking.TrackingExtras"]
+        assert len(extras) == 1 and "checkpoint" in extras[0] and "params" in extras[0], config
+        assert any(h.get("_target_") == "cellzoo.tracking.TrackingExtras" for h in val_handlers), config

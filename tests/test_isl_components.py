@@ -196,6 +196,14 @@ def test_distance_mask_loss_values():
     assert DistanceMaskLoss()(pred, target).item() == pytest.approx(mse + 2000 * bce_mean, rel=1e-6)
     with pytest.raises(ValueError):
         DistanceMaskLoss()(pred[:, :1], target[:, :1])
+    # "initial": alpha is the first batch's MSE/BCE ratio (both terms equal), then stays fixed
+    initial = DistanceMaskLoss(alpha="initial")
+    assert initial(pred, target).item() == pytest.approx(2 * mse, rel=1e-6)
+    assert initial.alpha == pytest.approx(mse / bce_mean, rel=1e-6)
+    assert initial(pred, torch.zeros_like(target)).item() == pytest.approx(
+        DistanceMaskLoss(alpha=mse / bce_mean)(pred, torch.zeros_like(target)).item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        DistanceMaskLoss(alpha=-1.0)
 
 
 # ---------------------------------------------------------------- distance targets

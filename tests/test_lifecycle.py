@@ -4,6 +4,7 @@ through the same tests (quick configs, a few iterations)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -83,7 +84,8 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")], stdout=log, stderr=subprocess.STDOUT)
+         "--artifacts-destination", str(root / "artifacts")], stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: the server starts uvicorn and job workers
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -96,7 +98,7 @@ def mlflow_server(tmp_path_factory):
             pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
         yield uri
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server and every worker it started
         server.wait(timeout=30)
         log.close()
 

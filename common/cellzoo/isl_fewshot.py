@@ -28,6 +28,11 @@ TASKS = {
     "cells": {"inputs": ["DIC"], "stain": "CELLMASK", "metric": "map"},
 }
 INITS = ("scratch", "pretrained")
+# quick.yaml's 4 epochs suit smoke tests, but the study only means something once the pretext has learnt
+# the stain: on synthetic fields its Pearson correlation reaches ~0.8 after 40 quick epochs (320 iterations)
+QUICK_PRETEXT_EPOCHS = 40
+# and 10 quick epochs (80 iterations) of fine-tuning, enough for both initialisations to level off
+QUICK_FINETUNE_EPOCHS = 10
 
 
 def split_fields(data: str | Path, task: str, n_test: int | None, seed: int) -> tuple[list[str], list[str]]:
@@ -54,6 +59,9 @@ def run_fewshot(data: str | Path, sizes: list[int], task: str = "nuclei", out: s
         raise InputError(f"--sizes must lie in 1..{len(pool)} (fields outside the {len(test)} test fields), got {sizes}")
     out = Path(out)
     logger.info("few-shot %s: %d test fields, training pool of %d, sizes %s", task, len(test), len(pool), sizes)
+    if quick:
+        pretext_epochs = pretext_epochs or QUICK_PRETEXT_EPOCHS
+        finetune_epochs = finetune_epochs or QUICK_FINETUNE_EPOCHS
     pretext = train_pretext(data, task, pool, out / "pretext", quick, seed, pretext_epochs)
     rows = []
     for n in sizes:
@@ -74,7 +82,8 @@ def _common(data, task: str, quick: bool, seed: int) -> dict:
 
 def train_pretext(data, task: str, pool: list[str], out: Path, quick: bool, seed: int, epochs: int | None) -> Path:
     """Pretext on every pool field: label-free planes -> the task's stain. Returns its best checkpoint."""
-    extra = {"max_epochs": epochs} if epochs else {}
+    # validating every pool field every epoch would cost as much as training: 4 validations per run
+    extra = {"max_epochs": epochs, "val_interval": max(1, epochs // 4)} if epochs else {}
     run_config(BUNDLE, "pretrain", target_channel=TASKS[task]["stain"], train_fields=pool, val_fields=pool,
                output_dir=str(out / "runs"), ckpt_dir=str(out), **_common(data, task, quick, seed), **extra)
     return out / "model.pt"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DistanceMaskLoss", "JaccardLoss"]
+
+logger = logging.getLogger(__name__)
 
 
 class JaccardLoss(nn.Module):
@@ -34,17 +38,25 @@ class DistanceMaskLoss(nn.Module):
     """MSE(distance) + alpha * BCEWithLogits(mask), paper 003 eq. 2 (alpha = 2000, sec. 2.3).
 
     ``y_pred`` is ``ISLCellNet``'s (B, 2, H, W) = [distance, mask logit]; ``y`` is the (B, 2, H, W)
-    [distance, mask] target of ``LabelsToDistanced``. The paper sets alpha to the initial ratio of the two
-    terms, i.e. the distance target is in pixels (large MSE), not normalised.
+    [distance, mask] target of ``LabelsToDistanced``. The paper sets alpha to "the initial ratio between
+    MSELoss and BCEWithLogitsLoss" (2000 on its data: pixel distances in large cells). ``alpha="initial"``
+    applies that rule to the data at hand: alpha is the MSE/BCE ratio of the first batch, then fixed, so
+    both terms start equal whatever the cell size (with small cells a fixed 2000 lets the mask term
+    swamp the distance term).
     """
 
-    def __init__(self, alpha: float = 2000.0) -> None:
+    def __init__(self, alpha: float | str = 2000.0) -> None:
         super().__init__()
-        self.alpha = float(alpha)
+        if alpha != "initial" and not float(alpha) >= 0:
+            raise ValueError(f"alpha must be a number >= 0 or 'initial', got {alpha!r}")
+        self.alpha = None if alpha == "initial" else float(alpha)
 
     def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y_pred.ndim != 4 or y_pred.shape[1] != 2 or y_pred.shape != y.shape:
             raise ValueError(f"prediction {tuple(y_pred.shape)} and target {tuple(y.shape)} must both be (B, 2, H, W)")
         mse = F.mse_loss(y_pred[:, 0], y[:, 0].to(y_pred.dtype))
         bce = F.binary_cross_entropy_with_logits(y_pred[:, 1], (y[:, 1] > 0.5).to(y_pred.dtype))
+        if self.alpha is None:
+            self.alpha = float(mse.detach() / bce.detach().clamp_min(1e-8))
+            logger.info("DistanceMaskLoss: alpha set to the initial MSE/BCE ratio, %.4g", self.alpha)
         return mse + self.alpha * bce

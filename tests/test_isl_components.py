@@ -346,3 +346,20 @@ def test_select_channels_on_synthetic_isl(tmp_path):
     assert select_channels(names, ["z1", "phase"]) == ["BRIGHTFIELD_z1", "PHASE_CONTRAST"]
     with pytest.raises(InputError, match="matches several"):
         select_channels(names, ["BRIGHTFIELD"])
+
+
+def test_engine_postprocessing_transforms_round_trip():
+    """The dictionary transforms used in the bundle's evaluator give back hand-drawn instances."""
+    from cellzoo.transforms.postprocessing import DistanceToInstancesd, ProbabilityToInstancesd
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[20:35, 20:35] = 2
+    distance = torch.from_numpy(labels_to_distance(labels))
+    mask_logit = torch.from_numpy(np.where(labels > 0, 10.0, -10.0).astype(np.float32))
+    cells = DistanceToInstancesd("pred", h=1.0)({"pred": torch.stack([distance, mask_logit])})["pred"]
+    nuclei = ProbabilityToInstancesd("pred")({"pred": torch.from_numpy((labels > 0).astype(np.float32))[None]})["pred"]
+    for out in (cells, nuclei):
+        assert out.shape == (1, 40, 40)
+        assert sorted(np.unique(out.numpy()).tolist()) == [0, 1, 2]
+        assert np.array_equal(out.numpy()[0] > 0, labels > 0)

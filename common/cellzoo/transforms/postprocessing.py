@@ -24,25 +24,36 @@ from cellzoo.postprocess.watershed import distance_to_instances, nuclei_to_insta
 logger = logging.getLogger(__name__)
 
 
-class FlowsToInstancesd(MapTransform):
-    """Replace (3, H, W) [flow_y, flow_x, cellprob logit] maps by (1, H, W) int32 instance labels.
+class MapsToInstancesd(MapTransform):
+    """Replace the network maps under `keys` by (1, H, W) int32 instance labels made by `to_labels`.
 
-    Keyword arguments go to `flows_to_instances` (thresholds, flow_scale, niter, min_size ...). Unless
-    `tile_size` is given, images above 25 MP are post-processed in 2000-px tiles (MEDIAR's setting).
+    Keyword arguments are kept in `postprocess_args` for the subclass's post-processing function.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
         super().__init__(keys, allow_missing_keys)
         self.postprocess_args = postprocess_args
 
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            maps = torch.as_tensor(d[key]).detach()
-            args = {"tile_size": large_image_tile(maps.shape), **self.postprocess_args}
-            labels = flows_to_instances(maps[:2], maps[2], device=maps.device, **args)
-            d[key] = torch.from_numpy(labels)[None]
+            d[key] = torch.from_numpy(self.to_labels(torch.as_tensor(d[key]).detach()))[None]
         return d
+
+
+class FlowsToInstancesd(MapsToInstancesd):
+    """(3, H, W) [flow_y, flow_x, cellprob logit] maps (MEDIAR) -> instances by flow following.
+
+    Keyword arguments go to `flows_to_instances` (thresholds, flow_scale, niter, min_size ...). Unless
+    `tile_size` is given, images above 25 MP are post-processed in 2000-px tiles (MEDIAR's setting).
+    """
+
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        args = {"tile_size": large_image_tile(maps.shape), **self.postprocess_args}
+        return flows_to_instances(maps[:2], maps[2], device=maps.device, **args)
 
 
 class SaveCellOutputsd(MapTransform):
@@ -69,42 +80,26 @@ class SaveCellOutputsd(MapTransform):
         return d
 
 
-class DistanceToInstancesd(MapTransform):
-    """Replace (2, H, W) [distance, mask logit] maps (ISL cell model) by (1, H, W) int32 instance labels.
+class DistanceToInstancesd(MapsToInstancesd):
+    """(2, H, W) [distance, mask logit] maps (ISL cell model) -> instances.
 
     h-maxima seeds of the distance, watershed inside sigmoid(mask logit) > mask_threshold
     (`cellzoo.postprocess.watershed.distance_to_instances`; keyword arguments go there).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
-        super().__init__(keys, allow_missing_keys)
-        self.postprocess_args = postprocess_args
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            maps = torch.as_tensor(d[key]).detach().float().cpu()
-            labels = distance_to_instances(maps[0].numpy(), torch.sigmoid(maps[1]).numpy(), **self.postprocess_args)
-            d[key] = torch.from_numpy(labels)[None]
-        return d
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        maps = maps.float().cpu()
+        return distance_to_instances(maps[0].numpy(), torch.sigmoid(maps[1]).numpy(), **self.postprocess_args)
 
 
-class ProbabilityToInstancesd(MapTransform):
-    """Replace a (1, H, W) probability map (ISL nucleus model) by (1, H, W) int32 instances (connected components).
+class ProbabilityToInstancesd(MapsToInstancesd):
+    """A (1, H, W) probability map (ISL nucleus model) -> instances (connected components).
 
     Keyword arguments go to `cellzoo.postprocess.watershed.nuclei_to_instances` (threshold, min_size, split).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **postprocess_args):
-        super().__init__(keys, allow_missing_keys)
-        self.postprocess_args = postprocess_args
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            prob = torch.as_tensor(d[key]).detach().float().cpu()[0].numpy()
-            d[key] = torch.from_numpy(nuclei_to_instances(prob, **self.postprocess_args))[None]
-        return d
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        return nuclei_to_instances(maps.float().cpu()[0].numpy(), **self.postprocess_args)
 
 
 class SaveFluorescenced(MapTransform):

@@ -51,14 +51,19 @@ def bundle(request, tmp_path_factory) -> dict:
     return {"name": request.param, "data": data, **spec}
 
 
-def run_outputs(bundle: dict, root: Path, what: str) -> Path:
-    """Where the bundle's train config puts `what` ("output_dir" or "ckpt_dir") under bundle_root `root`."""
+def config_value(bundle: dict, root: Path, key: str):
+    """The value of `key` in the bundle's train config with bundle_root `root`."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle_path(bundle["name"]) / "configs" / f"{bundle['train']}.yaml"))
     parser["bundle_root"] = str(root)
-    return Path(parser.get_parsed_content(what))
+    return parser.get_parsed_content(key)
+
+
+def run_outputs(bundle: dict, root: Path, what: str) -> Path:
+    """Where the bundle's train config puts `what` ("output_dir" or "ckpt_dir") under bundle_root `root`."""
+    return Path(config_value(bundle, root, what))
 
 
 def ckpt_path(bundle: dict, root: Path) -> Path:
@@ -129,31 +134,25 @@ def check_tracked_run(client, run, checkpoint: Path, tmp_path: Path, max_epochs:
 
 
 def test_mlflow_tracking_over_http(bundle, mlflow_server, tmp_path):
-    root = tmp_path / "run"
+    root, experiment = tmp_path / "run", f"http_{bundle['name']}"  # one server serves every bundle's test
     bundle_cli.run_bundle(bundle["name"], [bundle["train"], "quick"], *train_args(bundle, root, "--max_epochs", "2"),
-                          "--tracking", "mlflow", "--tracking_uri", mlflow_server, "--experiment_name", "http_test")
-    client, run = read_run(mlflow_server, "http_test")
+                          "--tracking", "mlflow", "--tracking_uri", mlflow_server, "--experiment_name", experiment)
+    client, run = read_run(mlflow_server, experiment)
     check_tracked_run(client, run, ckpt_path(bundle, root), tmp_path, max_epochs=2, key_metric=bundle["key_metric"])
 
 
 def test_mlflow_unreachable_server_falls_back_to_local_store(bundle, tmp_path):
+    """Nothing listens at the tracking URI: training warns and logs the run to the default local store."""
     root = tmp_path / "run"
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = bundle_cli.run_bundle(bundle["name"], [bundle["train"], "quick"], *train_args(bundle, root, "--max_epochs", "2"),
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = bundle_cli.run_bundle(bundle["name"], [bundle["train"], "quick"], *train_args(bundle, root, "--max_epochs", "1"),
                                    "--tracking", "mlflow", "--tracking_uri", dead, "--experiment_name", "offline")
     log = result.stdout + result.stderr
     assert f"MLflow tracking server {dead} is unreachable" in log
+    # the fallback is the default store of `--tracking mlflow` without --tracking_uri: <output_dir>/mlruns.db
     local = mlflow_db(bundle, root)
-    assert local.is_file()
+    assert config_value(bundle, root, "tracking_uri") == f"sqlite:///{local}"
     client, run = read_run(f"sqlite:///{local}", "offline")
-    check_tracked_run(client, run, ckpt_path(bundle, root), tmp_path, max_epochs=2, key_metric=bundle["key_metric"])
-
-
-def test_mlflow_default_store_is_local_sqlite(bundle, tmp_path):
-    root = tmp_path / "run"
-    bundle_cli.run_bundle(bundle["name"], [bundle["train"], "quick"], *train_args(bundle, root, "--max_epochs", "1"),
-                          "--tracking", "mlflow")
-    client, run = read_run(f"sqlite:///{mlflow_db(bundle, root)}", bundle["experiment"])
     check_tracked_run(client, run, ckpt_path(bundle, root), tmp_path, max_epochs=1, key_metric=bundle["key_metric"])
 
 

@@ -91,7 +91,11 @@ def train_pretext(data, task: str, pool: list[str], out: Path, quick: bool, seed
 
 def fine_tune(data, task: str, fields: list[str], init: str, pretext: Path, out: Path, quick: bool, seed: int,
               epochs: int | None) -> Path:
-    """Train the task's segmenter on `fields` from scratch or from the pretext checkpoint."""
+    """Train the task's segmenter on `fields` from scratch or from the pretext checkpoint.
+
+    The kept model is the best epoch on its own training fields: with N = 1 there is no labelled field
+    to spare for validation. Training sets are nested (the first N pool fields), as in the paper.
+    """
     extra = {"max_epochs": epochs} if epochs else {}
     run_config(BUNDLE, f"train_{task}", init=None if init == "scratch" else f"pretext:{pretext}",
                train_fields=fields, val_fields=fields, output_dir=str(out / "runs"), ckpt_dir=str(out),

@@ -99,11 +99,16 @@ class TrackingExtras:
         if self._params_logged or not self.params:
             return
         from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
 
         params = [Param(str(k), _param_value(v)) for k, v in self.params.items()]
         for handler in mlflow_handlers(engine):
-            if handler.cur_run is not None:
+            if handler.cur_run is None:
+                continue
+            try:
                 handler.client.log_batch(handler.cur_run.info.run_id, params=params)
+            except MlflowException as err:  # e.g. a resumed run whose parameters were changed: keep training
+                logger.warning("MLflow did not take the run parameters: %s", err)
         self._params_logged = True
 
     def log_checkpoint(self, engine: Engine) -> None:

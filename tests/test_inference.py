@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from cellzoo.errors import InputError
 from cellzoo.inference import (
     FlipTTA,
+    WholeImageInferer,
     WholeImagePredictor,
     flow_flip_inverse,
     halo_tiles,
@@ -166,6 +167,19 @@ def test_ensemble_averages_network_outputs():
     out = predictor(smooth_image((45, 33)))
     assert out.shape == (1, 45, 33)
     torch.testing.assert_close(out, torch.full_like(out, 2.5), atol=1e-5, rtol=0)
+
+
+def test_inferer_runs_the_engine_network_and_module_lists_as_ensembles():
+    """WholeImageInferer (what SupervisedEvaluator calls) gives WholeImagePredictor's output per batch item."""
+    image = smooth_image((45, 33))
+    batch = torch.stack([image, image.flip(-1)])
+    inferer = WholeImageInferer(roi_size=(32, 32))
+    ensemble = inferer(batch, nn.ModuleList([Constant(1.0), Constant(4.0)]))
+    assert ensemble.shape == (2, 1, 45, 33)
+    torch.testing.assert_close(ensemble, torch.full_like(ensemble, 2.5), atol=1e-5, rtol=0)
+    conv = fixed_conv([np.arange(9, dtype=np.float32).reshape(3, 3)])
+    expected = WholeImagePredictor(conv, roi_size=(32, 32), progress=False)(batch)
+    torch.testing.assert_close(inferer(batch, conv), expected)
 
 
 def test_output_activation_is_applied():

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data folder and a quick-trained MEDIAR checkpoint."""
+"""Shared fixtures: the real data folder, a quick-trained MEDIAR checkpoint, one-thread torch."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ def quick_mediar(tmp_path_factory) -> dict[str, Path]:
     run_config("mediar_cellseg", "train", quick=True, dataset_dir=str(public), ckpt_dir=str(root / "base"),
                output_dir=str(root / "runs_base"), max_epochs=24, val_interval=4, n_folds=5)
     return {"root": root, "public": public, "ckpt": root / "base" / "model.pt"}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on 2 shared cores, threading tiny tensors is ~10x slower, not faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

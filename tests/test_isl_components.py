@@ -29,13 +29,7 @@ from cellzoo.networks.isl import initialise_unet, torchvision_densenet_keys  # n
 HEAD_KEYS = ["segmentation_head.0.bias", "segmentation_head.0.weight"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the 2 shared cores are faster that way for these small tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run faster on one thread
 
 
 @pytest.fixture(scope="module")

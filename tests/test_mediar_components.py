@@ -22,13 +22,7 @@ from cellzoo.networks import MEDIARFormer  # noqa: E402
 TINY = dict(encoder_name="mit_b0", decoder_channels=(64, 32, 32, 16, 16), decoder_pab_channels=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run on one intra-op thread: on 2 shared cores, threading tiny tensors is ~10x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,11 @@ def test_bad_inputs_raise_input_error():
         image_metrics(np.zeros(16), np.zeros(16))
     with pytest.raises(InputError):
         mean_image_metrics([])
+
+
+def test_image_metrics_computes_only_the_named_ones():
+    pred, gt = np.random.default_rng(3).random((2, 40, 40))
+    full = image_metrics(pred, gt)
+    assert image_metrics(pred, gt, names=("pcc", "ssim")) == {"pcc": full["pcc"], "ssim": full["ssim"]}
+    with pytest.raises(ValueError, match="unknown image metric"):
+        image_metrics(pred, gt, names=("pearson",))

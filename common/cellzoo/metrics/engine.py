@@ -78,5 +78,5 @@ class ImageSimilarityMetric(PerImageMeanMetric):
         self.name, self.normalize = name, normalize
 
     def _score(self, pred: np.ndarray, gt: np.ndarray) -> float:
-        return image_metrics(pred[0], gt[0], normalize=self.normalize)[self.name]
+        return image_metrics(pred[0], gt[0], normalize=self.normalize, names=(self.name,))[self.name]
 

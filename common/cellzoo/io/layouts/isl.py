@@ -54,8 +54,7 @@ def select_channels(names: list[str], wanted: list[str]) -> list[str]:
     """Pick one name per case-insensitive substring pattern (an exact match wins over substrings)."""
     chosen = []
     for pattern in wanted:
-        exact = [n for n in names if n.lower() == pattern.lower()]
-        matches = exact or [n for n in names if pattern.lower() in n.lower()]
+        matches = _matching(names, pattern)
         if len(matches) != 1:
             problem = "matches no input plane" if not matches else f"matches several ({', '.join(matches)})"
             raise InputError(f"channel pattern '{pattern}' {problem}; available: {', '.join(names)}")
@@ -103,10 +102,15 @@ def _add_picked(item: dict, key: str, files: dict[str, str], pattern: str | None
     """Add files[name matching pattern] as item[key]; False when the field has no such file."""
     if pattern is None:
         return True
-    exact = [n for n in files if n.lower() == pattern.lower()]
-    matches = exact or [n for n in files if pattern.lower() in n.lower()]
+    matches = _matching(list(files), pattern)
     if len(matches) > 1:
         raise InputError(f"{key} pattern '{pattern}' matches several files ({', '.join(matches)})")
     if matches:
         item[key] = files[matches[0]]
     return bool(matches)
+
+
+def _matching(names: list[str], pattern: str) -> list[str]:
+    """Names equal to `pattern` (case-insensitive), else the names that contain it."""
+    exact = [n for n in names if n.lower() == pattern.lower()]
+    return exact or [n for n in names if pattern.lower() in n.lower()]

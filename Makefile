@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: venv test demo clean
+.PHONY: venv test test-fast demo clean
 
 # torch>=2.14 / torchvision>=0.29 come from the registry (a CUDA build that also runs on the CPU).
 $(STAMP): pyproject.toml
@@ -18,6 +18,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
+
+# the unit tests only (no training runs): about a minute
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/cellzoo demo --out $(DEMO_OUT)

@@ -2,7 +2,7 @@
 
 Prints one JSON object. Needs cellpose 3.1 in .bench/cellpose (scripts/install_cellpose_reference.sh).
 
-Per image: flow time of cellzoo.transforms.flows.labels_to_flows vs cellpose dynamics.masks_to_flows (median of
+Per image: flow time of cellzoo.targets.flows.labels_to_flows vs cellpose dynamics.masks_to_flows (median of
 --repeats, interleaved) and their mean cosine over cell pixels; post-processing time of
 cellzoo.postprocess.flows.flows_to_instances vs cellpose dynamics.compute_masks given the same inputs (flows =
 5 x cellpose-computed flows of the ground truth, logits = +-4 from ground truth > 0, both given the same cleaned
@@ -29,12 +29,12 @@ import tifffile
 import torch
 
 from cellzoo.metrics import instance_scores
-from cellzoo.metrics.flows import mean_flow_cosine
 from cellzoo.postprocess.flows import clean_foreground, flows_to_instances
-from cellzoo.synthetic.network_maps import perturb_flow_maps
-from cellzoo.transforms.flows import labels_to_flows
+from cellzoo.targets.flows import labels_to_flows
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the flow checks the tests use, so both measure the same way
+from flow_checks import mean_flow_cosine, perturb_flow_maps  # noqa: E402
 DATASETS = ("neurips_cellseg", "dsb2018_stage1test", "ctc_gowt1_seg", "ctc_hela_seg", "ctc_msc_seg")
 
 

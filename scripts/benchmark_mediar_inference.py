@@ -20,12 +20,11 @@ import time
 import numpy as np
 import torch
 
-from cellzoo.bundles import bundle_path
-from cellzoo.engines.checkpoints import load_weights
+from cellzoo.engines import load_weights
 from cellzoo.inference import FlipTTA, WholeImagePredictor, flow_flip_inverse
 from cellzoo.postprocess.flows import flows_to_instances
 from cellzoo.synthetic import render_field
-from cellzoo.transforms.mediar_augment import to_three_channels
+from cellzoo.transforms import to_three_channels
 
 CONFIGS = {
     "quick": dict(encoder_name="mit_b0", decoder_channels=(64, 32, 32, 16, 16), decoder_pab_channels=32),
@@ -35,7 +34,7 @@ CONFIGS = {
 
 def build_network(config: str, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
     """MEDIARFormer of the bundle's quick or full (paper) size."""
-    from cellzoo.networks import MEDIARFormer
+    from cellzoo.methods.mediar import MEDIARFormer
 
     return load_weights(MEDIARFormer(**CONFIGS[config]), checkpoint).to(device).eval()
 

@@ -1,4 +1,5 @@
-"""Run bundle configs the way users do: `python -m monai.bundle run` (or under torchrun) in a subprocess."""
+"""The bundles under test, found in bundles/ (each declares its data in configs/study.yaml), and running their
+configs the way users do: `python -m monai.bundle run` (or under torchrun) in a subprocess."""
 
 from __future__ import annotations
 
@@ -7,13 +8,50 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cellzoo.bundles import bundle_path
+import yaml
+
+from cellzoo.bundles import bundle_path, config_chain, list_bundles
+from cellzoo.studies import load_study
+
+
+def bundles() -> list[str]:
+    """Names of every bundle in bundles/."""
+    return [info["name"] for info in list_bundles()]
+
+
+def data_spec(bundle: str) -> dict:
+    """What a bundle reads: its synthetic layout and where inference finds images (study.yaml `data`)."""
+    return load_study(bundle).data
+
+
+def train_configs(bundle: str) -> list[str]:
+    """Names of a bundle's training configs: those whose merged files define a trainer (train#trainer)."""
+    names = []
+    for path in sorted((bundle_path(bundle) / "configs").glob("*.yaml")):
+        if path.stem == "study":
+            continue
+        merged = {}
+        for file in config_chain(bundle, path.stem):
+            merged.update(yaml.safe_load(file.read_text()) or {})
+        if isinstance(merged.get("train"), dict) and "trainer" in merged["train"]:
+            names.append(path.stem)
+    return names
+
+
+def config_list(bundle: str, configs: list[str]) -> list[str]:
+    """Config files for `configs`: names in the bundle's configs/ (with the files they extend) or paths."""
+    files: list[str] = []
+    for config in configs:
+        for path in [config] if "/" in config else map(str, config_chain(bundle, config)):
+            if path not in files:
+                files.append(path)
+    return files
 
 
 def bundle_command(bundle: str, configs: list[str], *args: str, launcher: list[str] | None = None) -> list[str]:
     """The command line for `configs` (names in the bundle's configs/, or paths) plus overrides `args`."""
     folder = bundle_path(bundle) / "configs"
-    files = [str(folder / f"{c}.yaml") if "/" not in c else c for c in configs]
+    files = config_list(bundle, configs)
     runner = launcher if launcher is not None else [sys.executable]
     return [*runner, "-m", "monai.bundle", "run", "--config_file", repr(files),
             "--meta_file", str(folder / "metadata.json"), "--logging_file", str(folder / "logging.conf"), *args]

@@ -1,6 +1,8 @@
-"""Every bundle in bundles/ meets MONAI's bundle conventions: metadata valid against the MONAI schema, a
-changelog entry for its version, the required files, a network that matches its declared input/output
-format, and the properties MONAI tools expect of train and inference configs."""
+"""Every bundle in bundles/ meets MONAI's bundle conventions and the platform's: metadata valid against the
+MONAI schema with a changelog entry and recorded results, the required files, a network that matches its
+declared input/output format, the properties MONAI tools expect, one real training step of every train
+config, inference on synthetic images, MLflow patching and TorchScript export. A new bundle is covered by
+adding it to bundles/ (its configs/study.yaml says which synthetic layout it reads)."""
 
 from __future__ import annotations
 
@@ -10,52 +12,53 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from cellzoo.bundles import list_bundles
-from cellzoo.synthetic import synthesize
+import bundle_cli
+from cellzoo.bundles import bundle_path, config_files
+from cellzoo.engines import load_weights
+from cellzoo.synthetic import LAYOUTS, synthesize
 from conftest import SHARED
 
 SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
-BUNDLES = [Path(b["path"]) for b in list_bundles()]
-REQUIRED_FILES = ["LICENSE", "configs/metadata.json", "configs/inference.yaml", "docs/README.md"]
+BUNDLES = bundle_cli.bundles()
+REQUIRED_FILES = ["LICENSE", "configs/metadata.json", "configs/inference.yaml", "configs/evaluate.yaml",
+                  "configs/study.yaml", "configs/logging.conf", "docs/README.md"]
 # with train configs a bundle also has its CPU-sized override and its multi-GPU override
 TRAINING_FILES = ["configs/quick.yaml", "configs/multi_gpu_train.yaml"]
-# the synthetic data each bundle's configs read: (layout, train config's data key, inference config's
-# input key, sub-folder of the layout that inference reads)
-SYNTHETIC = {"mediar_cellseg": ("cellseg", "dataset_dir", "input_dir", "images"),
-             "isl_segmentation": ("isl", "dataset_dir", "input_dir", "")}
 
 
-def train_configs(bundle: Path) -> list[str]:
-    """Names of a bundle's training configs: pretrain.yaml and train*.yaml (not the multi-GPU override)."""
-    names = [p.stem for p in (bundle / "configs").glob("*.yaml")]
-    return sorted(n for n in names if n == "pretrain" or (n.startswith("train")))
-
-ids = [b.name for b in BUNDLES]
+def test_bundles_are_discovered():
+    assert {"mediar_cellseg", "isl_segmentation"} <= set(BUNDLES)
 
 
-def test_bundles_exist():
-    assert {"mediar_cellseg", "isl_segmentation"} <= set(ids)
-    assert set(ids) <= set(SYNTHETIC), "add new bundles to SYNTHETIC"
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_required_files_and_data_declaration(bundle):
+    root = bundle_path(bundle)
+    required = REQUIRED_FILES + (TRAINING_FILES if bundle_cli.train_configs(bundle) else [])
+    assert [name for name in required if not (root / name).is_file()] == []
+    assert bundle_cli.data_spec(bundle)["layout"] in LAYOUTS
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=ids)
-def test_required_files(bundle):
-    required = REQUIRED_FILES + (TRAINING_FILES if train_configs(bundle) else [])
-    missing = [name for name in required if not (bundle / name).is_file()]
-    assert not missing, missing
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_each_config_header_gives_its_command(bundle):
+    """The first comment lines of every config say how to run it (or, for overrides, what to add it to)."""
+    for path in sorted((bundle_path(bundle) / "configs").glob("*.yaml")):
+        header = "".join(line for line in path.read_text().splitlines(True)[:12] if line.startswith("#"))
+        assert "python -m monai.bundle run" in header or "cellzoo study" in header or "--config_file" in header, path
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=ids)
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_metadata_valid_against_monai_schema(bundle):
     if not SCHEMA.is_file():
         pytest.skip(f"MONAI schema not present at {SCHEMA}")
     import jsonschema
 
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta = json.loads((bundle_path(bundle) / "configs" / "metadata.json").read_text())
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
     assert meta["version"] in meta["changelog"]
+    assert meta["eval_metrics"], "metadata.json records no results (eval_metrics)"
 
 
 def test_schema_check_can_fail():
@@ -64,101 +67,135 @@ def test_schema_check_can_fail():
         pytest.skip(f"MONAI schema not present at {SCHEMA}")
     import jsonschema
 
-    meta = json.loads((BUNDLES[0] / "configs" / "metadata.json").read_text())
+    meta = json.loads((bundle_path(BUNDLES[0]) / "configs" / "metadata.json").read_text())
     del meta["network_data_format"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", BUNDLES, ids=ids)
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_network_matches_declared_format(bundle):
     """MONAI's verify_net_in_out builds network_def (quick size) and checks shapes and dtypes of metadata."""
-    configs = [str(bundle / "configs" / name) for name in ("inference.yaml", "quick.yaml")]
+    folder = bundle_path(bundle) / "configs"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-         str(bundle / "configs" / "metadata.json"), "--config_file", repr(configs), "--n", "4"],
+         str(folder / "metadata.json"), "--config_file", repr(config_files(bundle, "inference", quick=True)), "--n", "4"],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
 
-def workflow(bundle: Path, config: str | Path, workflow_type: str, **overrides):
+def workflow(bundle: str, files: list[str], workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    files = [str(config if isinstance(config, Path) else bundle / "configs" / f"{config}.yaml"),
-             str(bundle / "configs" / "quick.yaml")]
-    flow = ConfigWorkflow(config_file=files, meta_file=str(bundle / "configs" / "metadata.json"),
+    flow = ConfigWorkflow(config_file=files, meta_file=str(bundle_path(bundle) / "configs" / "metadata.json"),
                           workflow_type=workflow_type, **overrides)
     flow.initialize()
     return flow
 
 
-@pytest.fixture(scope="module", params=BUNDLES, ids=ids)
-def bundle_with_data(request, tmp_path_factory):
-    """A bundle, overrides pointing its train and inference configs at synthetic data, and a checkpoint."""
-    import torch
-
-    bundle = request.param
-    layout, train_key, infer_key, images = SYNTHETIC[bundle.name]
-    root = tmp_path_factory.mktemp(bundle.name)
-    data = synthesize(layout, 4, root / "data", seed=1, size=(96, 96))
-    ckpt = root / "model.pt"
-    torch.save({"model": workflow_network(bundle).state_dict()}, ckpt)
-    return {"bundle": bundle, "root": root,
-            "train": {train_key: str(data), "bundle_root": str(root)},
-            "infer": {infer_key: str(data / images), "checkpoints": [str(ckpt)], "bundle_root": str(root)}}
-
-
-def workflow_network(bundle: Path):
+def inference_network(bundle: str) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "quick.yaml")])
+    parser.read_config(config_files(bundle, "inference", quick=True))
     return parser.get_parsed_content("network_def")
 
 
+@pytest.fixture(scope="module", params=BUNDLES)
+def bundle_with_data(request, tmp_path_factory):
+    """A bundle, synthetic data in its layout and a checkpoint of its (quick, untrained) inference network."""
+    bundle = request.param
+    root = tmp_path_factory.mktemp(bundle)
+    data = synthesize(bundle_cli.data_spec(bundle)["layout"], 4, root / "data", seed=1, size=(96, 96))
+    torch.manual_seed(0)
+    network = inference_network(bundle).eval()
+    torch.save({"model": network.state_dict()}, root / "model.pt")
+    return {"bundle": bundle, "root": root, "data": data, "network": network}
+
+
 @pytest.mark.slow
-def test_train_properties(bundle_with_data):
-    bundle = bundle_with_data["bundle"]
-    configs = train_configs(bundle)
+def test_train_configs_have_properties_and_take_a_step(bundle_with_data):
+    """Each train config: MONAI's train properties, then one real iteration, validation and best model.pt."""
+    bundle, root = bundle_with_data["bundle"], bundle_with_data["root"]
+    configs = bundle_cli.train_configs(bundle)
     assert configs
     for config in configs:
-        assert workflow(bundle, config, "train", **bundle_with_data["train"]).check_properties() == [], config
+        out = root / f"one_step_{config}"
+        flow = workflow(bundle, config_files(bundle, config, quick=True), "train", bundle_root=str(out),
+                        dataset_dir=str(bundle_with_data["data"]), output_dir=str(out / "runs"),
+                        ckpt_dir=str(out / "models"), max_epochs=1, samples_per_epoch=2, batch_size=2, n_folds=2)
+        assert flow.check_properties() == [], config
+        flow.run()
+        state = flow.parser.get_parsed_content("train#trainer").state
+        assert state.epoch == 1 and state.iteration == state.epoch_length >= 1, config
+        best = out / "models" / "model.pt"
+        assert best.is_file(), config
+        # the saved best model loads strictly into the config's own network
+        load_weights(flow.parser.get_parsed_content("network_def"), best)
+        flow.finalize()
 
 
 @pytest.mark.slow
-def test_inference_properties(bundle_with_data):
-    bundle = bundle_with_data["bundle"]
-    assert workflow(bundle, "inference", "infer", **bundle_with_data["infer"]).check_properties() == []
+def test_inference_properties_and_outputs(bundle_with_data):
+    bundle, root = bundle_with_data["bundle"], bundle_with_data["root"]
+    images = bundle_with_data["data"] / bundle_cli.data_spec(bundle)["inference_input"]
+    flow = workflow(bundle, config_files(bundle, "inference", quick=True), "infer", bundle_root=str(root),
+                    input_dir=str(images), checkpoints=[str(root / "model.pt")], output_dir=str(root / "pred"))
+    assert flow.check_properties() == []
+    flow.run()
+    written = sorted(p.name for p in (root / "pred").rglob("*") if p.is_file())
+    assert len([name for name in written if name.endswith("_label.tiff")]) == 4, written
 
 
-@pytest.mark.slow
-def test_property_check_reports_a_missing_inferer(bundle_with_data, tmp_path):
-    bundle = bundle_with_data["bundle"]
-    config = yaml.safe_load((bundle / "configs" / "inference.yaml").read_text())
+def test_property_check_reports_a_missing_inferer(tmp_path):
+    """MONAI's check_properties has teeth: a config without `inferer` is reported (by a KeyError naming it)."""
+    bundle = BUNDLES[0]
+    spec = bundle_cli.data_spec(bundle)
+    images = synthesize(spec["layout"], 1, tmp_path / "data", size=(64, 64)) / spec["inference_input"]
+    torch.save(inference_network(bundle).state_dict(), tmp_path / "model.pt")
+    files = config_files(bundle, "inference", quick=True)
+    config = yaml.safe_load(Path(files[0]).read_text())
     del config["inferer"]
     config["evaluator"]["inferer"] = {"_target_": "SimpleInferer"}  # still a working evaluator
     broken = tmp_path / "inference.yaml"
     broken.write_text(yaml.safe_dump(config))
-    # MONAI reports a missing required property by raising a KeyError that names it
     with pytest.raises(KeyError, match="Property 'inferer'"):
-        workflow(bundle, broken, "infer", **bundle_with_data["infer"]).check_properties()
+        workflow(bundle, [str(broken), *files[1:]], "infer", input_dir=str(images),
+                 checkpoints=[str(tmp_path / "model.pt")]).check_properties()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_every_train_config_takes_mlflow_tracking(bundle, tmp_path):
+    """--tracking mlflow finds each train config's handler lists, which TrackingExtras then prepares."""
+    from monai.bundle import ConfigWorkflow
+
+    for config in bundle_cli.train_configs(bundle):
+        flow = ConfigWorkflow(config_file=config_files(bundle, config, quick=True), workflow_type="train",
+                              meta_file=str(bundle_path(bundle) / "configs" / "metadata.json"), tracking="mlflow",
+                              bundle_root=str(tmp_path))
+        assert flow.parser["train#handlers"][-1]["_target_"] == "MLFlowHandler", config
+        assert flow.parser["validate#handlers"][-1]["_target_"] == "MLFlowHandler", config
+        extras = flow.parser["tracking"]
+        assert extras["_target_"] == "cellzoo.tracking.TrackingExtras", config
+        assert extras["handlers"].replace("::", "#") == "@train#handlers", config
+        assert extras["val_handlers"].replace("::", "#") == "@validate#handlers", config
+        assert "$@tracking" in flow.parser["run"], config
 
 
 @pytest.mark.slow
-def test_every_train_config_takes_mlflow_tracking(bundle_with_data):
-    """--tracking mlflow finds each train config's handler lists; TrackingExtras logs params and the checkpoint."""
-    from monai.bundle import ConfigWorkflow
-
-    bundle = bundle_with_data["bundle"]
-    for config in train_configs(bundle):
-        flow = ConfigWorkflow(config_file=[str(bundle / "configs" / f"{config}.yaml"), str(bundle / "configs" / "quick.yaml")],
-                              meta_file=str(bundle / "configs" / "metadata.json"), workflow_type="train",
-                              tracking="mlflow", **bundle_with_data["train"])
-        train_handlers, val_handlers = flow.parser["train#handlers"], flow.parser["validate#handlers"]
-        assert train_handlers[-1]["_target_"] == "MLFlowHandler", config
-        assert val_handlers[-1]["_target_"] == "MLFlowHandler", config
-        extras = [h for h in train_handlers if h.get("_target_") == "cellzoo.tracking.TrackingExtras"]
-        assert len(extras) == 1 and "checkpoint" in extras[0] and "params" in extras[0], config
-        assert any(h.get("_target_") == "cellzoo.tracking.TrackingExtras" for h in val_handlers), config
+def test_torchscript_export_matches_eager(bundle_with_data, tmp_path):
+    """MONAI's ckpt_export (traced) gives the eager network's output."""
+    bundle, network = bundle_with_data["bundle"], bundle_with_data["network"]
+    folder = bundle_path(bundle) / "configs"
+    exported, roi = tmp_path / "model.ts", 64
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(exported),
+         "--ckpt_file", str(bundle_with_data["root"] / "model.pt"), "--key_in_ckpt", "model",
+         "--meta_file", str(folder / "metadata.json"), "--config_file", repr(config_files(bundle, "inference", True)),
+         "--use_trace", "True", "--input_shape", f"[1, 3, {roi}, {roi}]"], check=True, capture_output=True)
+    scripted = torch.jit.load(str(exported))
+    x = torch.rand(2, 3, roi, roi, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), network(x), atol=1e-4)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cellzoo.engines.batches import PrepareImageTarget
-from cellzoo.engines.checkpoints import load_weights, read_state_dict
-from cellzoo.engines.loaders import training_loader
+from cellzoo.engines import PrepareImageTarget, load_weights, read_state_dict, training_loader, transfer_weights
 from cellzoo.errors import InputError
+from cellzoo.methods.mediar import replay_loader
 from cellzoo.metrics.engine import InstanceF1Metric
 
 
@@ -57,9 +55,11 @@ def test_training_loader_fixed_epoch_size_repeats_small_sets():
 def test_training_loader_with_replay_puts_one_replayed_sample_per_batch():
     target = TensorDataset(torch.arange(6))
     replay = TensorDataset(torch.arange(100, 110))
-    loader = training_loader(target, batch_size=4, replay_dataset=replay, replay_per_batch=1, seed=0)
-    for (values,) in loader:
-        assert int((values >= 100).sum()) == 1
+    loader = replay_loader(target, batch_size=4, replay_dataset=replay, replay_per_batch=1, seed=0)
+    batches = [values for (values,) in loader]
+    assert len(batches) == 2  # 6 target samples, 3 per batch
+    assert all(int((values >= 100).sum()) == 1 for values in batches)
+    assert sorted(torch.cat(batches)[torch.cat(batches) < 100].tolist()) == list(range(6))
 
 
 class Payload:
@@ -80,3 +80,34 @@ def test_checkpoints_load_state_dicts_and_refuse_pickled_objects(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_state_dict(tmp_path / "missing.pt")
     assert load_weights(net, None) is net
+
+
+def test_load_weights_refuses_a_checkpoint_that_does_not_fit(tmp_path):
+    torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(InputError, match="does not fit the network: 0 tensors loaded; 2 of another shape"):
+        load_weights(torch.nn.Linear(3, 2), tmp_path / "other.pt")
+    torch.save({"weight": torch.zeros(2, 3)}, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match="1 missing \\(bias\\)"):
+        load_weights(torch.nn.Linear(3, 2), tmp_path / "partial.pt")
+
+
+def test_transfer_weights_copies_what_fits_and_reports_the_rest(tmp_path):
+    source = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 1, 3))
+    torch.save({"model": source.state_dict()}, tmp_path / "pretext.pt")
+    target = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 3), torch.nn.Conv2d(2, 2, 1))
+    before = target[2].weight.detach().clone()
+    match = transfer_weights(target, tmp_path / "pretext.pt")
+    assert match.loaded == ["0.bias", "0.weight"]
+    assert match.mismatched == ["1.bias", "1.weight"]  # 1 -> 2 output channels
+    assert match.missing == ["2.bias", "2.weight"] and match.unexpected == []
+    assert torch.equal(target[0].weight, source[0].weight)
+    assert torch.equal(target[2].weight, before)  # untouched where nothing fits
+    with pytest.raises(InputError, match="no tensor of this checkpoint fits"):  # nothing fits after the rename
+        transfer_weights(target, tmp_path / "pretext.pt", rename=lambda s: {"x" + k: v for k, v in s.items()})
+
+
+def test_transfer_weights_refuses_a_file_of_which_nothing_fits(tmp_path):
+    torch.save({"model": torch.nn.Linear(5, 5).state_dict()}, tmp_path / "wrong.pt")
+    with pytest.raises(InputError, match="no tensor of this checkpoint fits the network"):
+        transfer_weights(torch.nn.Conv2d(1, 1, 3), tmp_path / "wrong.pt")
+    assert transfer_weights(torch.nn.Conv2d(1, 1, 3), None) is None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellzoo.metrics.flows import mean_flow_cosine
+from flow_checks import mean_flow_cosine
 from cellzoo.synthetic import render_field
-from cellzoo.transforms.flow_geometry import (
+from cellzoo.targets.flow_geometry import (
     NormalizeFlowsd,
     RandFlowFlipd,
     RandFlowRotate90d,
@@ -15,7 +15,7 @@ from cellzoo.transforms.flow_geometry import (
     normalize_flows,
     rot90_flows,
 )
-from cellzoo.transforms.flows import labels_to_flows
+from cellzoo.targets.flows import labels_to_flows
 
 
 @pytest.fixture(scope="module")

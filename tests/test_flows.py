@@ -1,7 +1,8 @@
-"""Flow targets (cellzoo.transforms.flows) and flow post-processing (cellzoo.postprocess.flows)."""
+"""Flow targets (cellzoo.targets.flows) and flow post-processing (cellzoo.postprocess.flows)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,10 +13,9 @@ import torch
 from scipy import ndimage as ndi
 
 from cellzoo.metrics import instance_scores
-from cellzoo.metrics.flows import mean_flow_cosine
+from flow_checks import mean_flow_cosine, perturb_flow_maps
 from cellzoo.postprocess.flows import clean_foreground, flow_errors, flows_to_instances
-from cellzoo.synthetic.network_maps import perturb_flow_maps
-from cellzoo.transforms.flows import LabelsToFlowsd, labels_to_flows
+from cellzoo.targets.flows import LabelsToFlowsd, labels_to_flows
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CELLPOSE_DIR = Path(__file__).resolve().parents[1] / ".bench" / "cellpose"
@@ -204,9 +204,17 @@ def test_tiled_equals_untiled():
 
 @pytest.fixture(scope="module")
 def cellpose_dynamics():
-    """cellpose 3.1's dynamics module from .bench/cellpose (scripts/install_cellpose_reference.sh)."""
+    """cellpose 3.1's dynamics module from .bench/cellpose (scripts/install_cellpose_reference.sh).
+
+    Outside CI the comparison skips without the reference install; in CI (CI=true, where .ci/run installs
+    it) a missing reference is a failure, so the exactness checks cannot silently stop running.
+    """
     if CELLPOSE_DIR.is_dir() and str(CELLPOSE_DIR) not in sys.path:
         sys.path.append(str(CELLPOSE_DIR))
+    if os.environ.get("CI") == "true":
+        import importlib
+
+        return importlib.import_module("cellpose.dynamics")
     return pytest.importorskip("cellpose.dynamics")
 
 

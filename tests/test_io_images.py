@@ -13,9 +13,7 @@ from cellzoo.io import (
     check_same_shape,
     read_image,
     read_labels,
-    scale_intensity,
     to_channel_first,
-    to_float,
     write_image,
     write_nifti,
     write_ome_tiff,
@@ -285,25 +283,6 @@ def test_to_channel_first_time_axis():
         to_channel_first(data, "TYXC")
     out, axes = to_channel_first(data, "TYXC", allow_time=True, drop_alpha=False)
     assert axes == "CTYX" and out.shape == (9, 2, 5, 7)
-
-
-def test_to_float_does_not_rescale():
-    out = to_float(np.array([[0, 255]], np.uint8))
-    assert out.dtype == np.float32 and out.tolist() == [[0.0, 255.0]]
-
-
-def test_scale_intensity_per_channel():
-    data = np.stack([np.arange(101, dtype=np.uint16).reshape(1, 101), np.full((1, 101), 7, np.uint16)])
-    out = scale_intensity(data, lower=10, upper=90)
-    assert out.dtype == np.float32 and out.shape == data.shape
-    assert out[0, 0, 10] == 0.0 and out[0, 0, 90] == 1.0 and out[0, 0, 0] == 0.0 and out[0, 0, 100] == 1.0
-    assert out[0, 0, 50] == pytest.approx(0.5)
-    assert not out[1].any()  # constant channel maps to zeros
-
-
-def test_scale_intensity_2d_is_one_channel():
-    out = scale_intensity(np.array([[0.0, 5.0], [10.0, 20.0]]))
-    np.testing.assert_allclose(out, [[0.0, 0.25], [0.5, 1.0]])
 
 
 # ---------------------------------------------------------------- validate

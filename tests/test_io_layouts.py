@@ -23,11 +23,11 @@ from cellzoo.io import (
     read_isl,
     read_lightmycells,
     select_channels,
-    split_by_fold,
+    select_items,
+    split_items,
     write_datalist,
     write_image,
     write_png,
-    write_tiff,
 )
 
 
@@ -64,12 +64,28 @@ def test_assign_folds_is_balanced_and_deterministic():
         assign_folds(entries, n_folds=0)
 
 
-def test_split_by_fold():
+def test_split_items_by_fold_or_by_name(caplog):
     entries = assign_folds([{"name": str(i)} for i in range(10)], n_folds=5)
-    train, val = split_by_fold(entries, 2)
-    assert len(train) == 8 and len(val) == 2 and all(e["fold"] == 2 for e in val)
-    with pytest.raises(InputError, match="no 'fold'"):
-        split_by_fold([{"name": "a"}], 0)
+    split = split_items(entries, val_fold=2)
+    assert len(split["train"]) == 8 and len(split["val"]) == 2 and all(e["fold"] == 2 for e in split["val"])
+    assert not {e["name"] for e in split["train"]} & {e["name"] for e in split["val"]}
+    named = split_items(entries, train_items=["7", "3"], val_items=["0"])
+    assert [e["name"] for e in named["train"]] == ["7", "3"] and [e["name"] for e in named["val"]] == ["0"]
+    with pytest.raises(InputError, match="no item named 12 among the 10 found"):
+        split_items(entries, train_items=["12"])
+    with pytest.raises(InputError, match="no labelled items"):
+        split_items([])
+    one = assign_folds([{"name": "only"}], n_folds=5)
+    with caplog.at_level("WARNING"):
+        split = split_items(one, val_fold=0)  # the single item is in fold 0: nothing left to train on
+    assert split["train"] == split["val"] == one
+    assert "validating on the same item(s)" in caplog.text
+
+
+def test_select_items_keeps_the_given_order():
+    entries = [{"name": n} for n in "abc"]
+    assert [e["name"] for e in select_items(entries, ["c", "a"])] == ["c", "a"]
+    assert select_items(entries, None) == entries
 
 
 # load_datalist imports MONAI, which alone takes ~30 s of CPU on a cold start.
@@ -247,7 +263,7 @@ def make_coco(root: Path, labels: np.ndarray, dict_annotations: bool = False) ->
     for name in ("a.png", "b.png", "c.png"):
         write_png(images_dir / name, np.zeros((height, width), np.uint8))
     anns = label_image_to_coco(labels, image_id=1)
-    anns += label_image_to_coco(labels, image_id=2, start_ann_id=len(anns) + 1, use_rle=True)
+    anns += label_image_to_coco(labels, image_id=2, start_ann_id=len(anns) + 1, segmentation="rle")
     images = [{"id": i, "file_name": n, "height": height, "width": width} for i, n in enumerate("abc", 1)]
     for image in images:
         image["file_name"] += ".png"

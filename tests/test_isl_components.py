@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 
@@ -12,31 +11,37 @@ import tifffile
 import torch
 from skimage.draw import disk
 
+from cellzoo.engines import transfer_weights
 from cellzoo.errors import InputError
-from cellzoo.io import read_isl, select_channels
-from cellzoo.io.images import read_image
-from cellzoo.isl_losses import DistanceMaskLoss, JaccardLoss
+from cellzoo.io import read_image, read_isl, select_channels
+from cellzoo.methods.isl import (
+    DistanceMaskLoss,
+    DistanceToInstancesd,
+    JaccardLoss,
+    ProbabilityToInstancesd,
+    ShiftedSigmoid,
+    densenet_to_unet_keys,
+    distance_to_instances,
+    hmax_seeds,
+    isl_network,
+    nuclei_to_instances,
+)
 from cellzoo.metrics import evaluate_instances, instance_scores
-from cellzoo.postprocess.watershed import distance_to_instances, hmax_seeds, nuclei_to_instances, remove_small_instances
+from cellzoo.postprocess.instances import remove_small_instances
 from cellzoo.synthetic import synthesize
-from cellzoo.transforms.distance import LabelsToDistanced, labels_to_distance
+from cellzoo.targets.distance import LabelsToDistanced, labels_to_distance
 
-pytest.importorskip("segmentation_models_pytorch")
 torchvision = pytest.importorskip("torchvision")
-from cellzoo.networks import ISLCellNet, ShiftedSigmoid, isl_unet  # noqa: E402
-from cellzoo.networks.isl import initialise_unet, torchvision_densenet_keys  # noqa: E402
-
-HEAD_KEYS = ["segmentation_head.0.bias", "segmentation_head.0.weight"]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run faster on one thread
+SMALL = dict(decoder_channels=(64, 32, 16, 16, 8))
 
 
 @pytest.fixture(scope="module")
 def pretext(tmp_path_factory) -> tuple[torch.nn.Module, str]:
-    """A random 1-output pretext Unet and its state dict saved MONAI-style under "model"."""
+    """A random pretext network and its state dict saved MONAI-style under "model"."""
     torch.manual_seed(0)
-    net = isl_unet().eval()
+    net = isl_network("fluorescence", **SMALL).eval()
     path = tmp_path_factory.mktemp("isl") / "pretext.pt"
     torch.save({"model": net.state_dict()}, path)
     return net, str(path)
@@ -60,11 +65,14 @@ def assert_same_tensors(state: dict, reference: dict, keys) -> None:
 # ---------------------------------------------------------------- networks
 
 
+@pytest.mark.parametrize("task,channels", [("fluorescence", 1), ("nuclei", 1), ("cells", 2)])
 @pytest.mark.parametrize("shape", [(64, 64), (96, 128)])
-def test_isl_unet_output_shape(pretext, shape):
+def test_network_output_shape(task, channels, shape):
     with torch.no_grad():
-        out = pretext[0](torch.rand(2, 3, *shape))
-    assert out.shape == (2, 1, *shape)
+        out = isl_network(task, **SMALL).eval()(torch.rand(2, 3, *shape))
+    assert out.shape == (2, channels, *shape)
+    if task == "nuclei":
+        assert out.min() >= 0 and out.max() <= 1
 
 
 def test_encoder_is_torchvision_densenet121_features(pretext):
@@ -74,54 +82,42 @@ def test_encoder_is_torchvision_densenet121_features(pretext):
     assert got == expected == 6_953_856  # ~7.0M: DenseNet121 without its 1000-class classifier
 
 
-def test_pretext_to_nuclei_loads_every_tensor(pretext):
+def test_pretext_to_nuclei_transfers_every_tensor(pretext):
     net, path = pretext
     torch.manual_seed(5)
-    nuclei = isl_unet()
-    report = initialise_unet(nuclei, path)
+    nuclei = isl_network("nuclei", **SMALL).eval()
+    match = transfer_weights(nuclei, path)
     reference = net.state_dict()
-    assert report["mode"] == "pretext" and report["skipped"] == []
-    assert sorted(report["loaded"]) == sorted(reference)
-    assert_same_tensors(nuclei.state_dict(), reference, reference)
+    assert match.loaded == sorted(reference) and not (match.missing or match.unexpected or match.mismatched)
+    with torch.no_grad():  # the nucleus model is the pretext network followed by the shifted sigmoid
+        x = torch.rand(1, 3, 64, 64)
+        torch.testing.assert_close(nuclei(x), ShiftedSigmoid()(net(x)))
 
 
-def test_pretext_prefix_and_two_channel_head_skipped(pretext, caplog):
+def test_pretext_to_cells_adds_two_random_convolutions(pretext):
     net, path = pretext
-    with caplog.at_level(logging.INFO, logger="cellzoo.networks.isl"):
-        two = isl_unet(out_channels=2, init=f"pretext:{path}")
-    reference = net.state_dict()
-    body = [k for k in reference if not k.startswith("segmentation_head.")]
-    assert_same_tensors(two.state_dict(), reference, body)
-    assert two.segmentation_head[0].weight.shape[0] == 2
-    assert "skipped 2" in caplog.text and all(k in caplog.text for k in HEAD_KEYS)
-
-
-def test_pretext_to_cellnet(pretext):
-    net, path = pretext
-    cell = ISLCellNet(init=path).eval()
-    reference = net.state_dict()
-    assert_same_tensors(cell.unet.state_dict(), reference, reference)
-    convs = [m for m in cell.head if isinstance(m, torch.nn.Conv2d)]
+    cells = isl_network("cells", **SMALL).eval()
+    match = transfer_weights(cells, path)
+    assert match.loaded == sorted(net.state_dict())
+    assert match.missing == ["segmentation_head.3.bias", "segmentation_head.3.weight", "segmentation_head.5.bias",
+                             "segmentation_head.5.weight"]
+    added = torch.nn.Sequential(*list(cells.segmentation_head)[3:])
+    convs = [m for m in added if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (3, 3)), (16, 2, (3, 3))]
-    with torch.no_grad():
+    with torch.no_grad():  # the added layers act on the pretext prediction itself
         x = torch.rand(1, 3, 64, 96)
-        out = cell(x)
-        assert out.shape == (1, 2, 64, 96)
-        # The added layers act on the pretext prediction itself.
-        torch.testing.assert_close(out, cell.head(net(x)))
+        torch.testing.assert_close(cells(x), added(net(x)))
 
 
-@pytest.mark.parametrize("prefix", ["imagenet:", ""])
-def test_imagenet_file_loads_encoder_only(imagenet_file, prefix):
+def test_imagenet_file_loads_encoder_only(imagenet_file):
     state, path = imagenet_file
     torch.manual_seed(7)
-    net = isl_unet()
+    net = isl_network("nuclei", **SMALL)
     decoder_before = {k: v.clone() for k, v in net.decoder.state_dict().items()}
-    report = initialise_unet(net, prefix + path)
+    match = transfer_weights(net, path, rename=densenet_to_unet_keys)
     encoder = net.encoder.state_dict()
-    assert report["mode"] == "imagenet"
-    assert report["skipped"] == ["classifier.bias", "classifier.weight"]
-    assert len(report["loaded"]) == len(encoder)
+    assert match.unexpected == ["classifier.bias", "classifier.weight"]
+    assert len(match.loaded) == len(encoder) and all(k.startswith("encoder.") for k in match.loaded)
     assert torch.equal(encoder["features.conv0.weight"], state["features.conv0.weight"])
     assert_same_tensors(encoder, state, encoder)
     assert_same_tensors(net.decoder.state_dict(), decoder_before, decoder_before)
@@ -133,22 +129,23 @@ def test_torchvision_legacy_keys_load(imagenet_file, tmp_path):
     legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
               for k, v in state.items() if not k.endswith("num_batches_tracked")}
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
-    assert set(torchvision_densenet_keys(legacy)) == {k for k in state if not k.endswith("num_batches_tracked")}
+    renamed = densenet_to_unet_keys(legacy)
+    assert set(renamed) == {"encoder." + k if k.startswith("features.") else k for k in state
+                            if not k.endswith("num_batches_tracked")}
     torch.save(legacy, tmp_path / "legacy.pth")
-    net = isl_unet(init=f"imagenet:{tmp_path / 'legacy.pth'}")
+    net = isl_network("fluorescence", **SMALL)
+    transfer_weights(net, tmp_path / "legacy.pth", rename=densenet_to_unet_keys)
     encoder = net.encoder.state_dict()
     assert_same_tensors(encoder, state, [k for k in encoder if not k.endswith("num_batches_tracked")])
 
 
 def test_bad_init_files(tmp_path):
+    net = isl_network("nuclei", **SMALL)
     with pytest.raises(InputError, match="checkpoint not found"):
-        isl_unet(init=tmp_path / "missing.pt")
-    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(InputError, match="unknown weight file"):
-        isl_unet(init=tmp_path / "other.pt")
+        transfer_weights(net, tmp_path / "missing.pt")
     torch.save({"encoder.nothing": torch.zeros(3)}, tmp_path / "nomatch.pt")
-    with pytest.raises(InputError, match="no tensor"):
-        isl_unet(init=f"pretext:{tmp_path / 'nomatch.pt'}")
+    with pytest.raises(InputError, match="no tensor of this checkpoint fits"):
+        transfer_weights(net, tmp_path / "nomatch.pt", rename=densenet_to_unet_keys)
 
 
 def test_shifted_sigmoid_values():
@@ -344,8 +341,6 @@ def test_select_channels_on_synthetic_isl(tmp_path):
 
 def test_engine_postprocessing_transforms_round_trip():
     """The dictionary transforms used in the bundle's evaluator give back hand-drawn instances."""
-    from cellzoo.transforms.postprocessing import DistanceToInstancesd, ProbabilityToInstancesd
-
     labels = np.zeros((40, 40), np.int32)
     labels[5:15, 5:15] = 1
     labels[20:35, 20:35] = 2

@@ -183,7 +183,7 @@ def trained_bundle_zip(server, quick_mediar, tmp_path_factory):
 @pytest.mark.slow
 def test_downloaded_bundle_segments_new_images(trained_bundle_zip, tmp_path):
     """monai.bundle download over loopback, then the downloaded bundle's inference config on unseen images."""
-    from cellzoo.evaluation import evaluate_instance_folders
+    from cellzoo.metrics.folders import evaluate_instance_folders
     from cellzoo.synthetic import synthesize
 
     dl = tmp_path / "bundles_dl"

@@ -1,4 +1,4 @@
-"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, isl-fewshot, package, install, demo.
+"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, package, install, demo.
 
 Bad input ends in one line on stderr naming the file and the problem, and exit code 2;
 `--debug` shows the traceback instead.
@@ -40,6 +40,30 @@ def _parse_size(size) -> tuple[int, int]:
     return values
 
 
+def _items(value) -> list:
+    """A comma-separated list as fire hands it over: a string, a number, or a tuple/list."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def _int_list(value, option: str) -> list[int]:
+    try:
+        return [int(part) for part in _items(value)]
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{option} must be comma-separated integers, got {value!r}") from err
+
+
+def _name_list(value) -> list[str]:
+    return [str(part) for part in _items(value)]
+
+
+def _path(value, option: str) -> str:
+    if value is None or value is True or value == "":
+        raise InputError(f"{option} needs a path")
+    return str(value)
+
+
 def _checkpoint_list(checkpoint) -> list[str]:
     """--checkpoint as fire hands it over: None, a path, 'a.pt,b.pt' or a list/tuple of paths."""
     if checkpoint is None:
@@ -57,7 +81,7 @@ class Evaluate:
 
         --border N ignores cells within N px of the image border (NeurIPS CellSeg uses 2).
         """
-        from cellzoo.evaluation import evaluate_instance_folders
+        from cellzoo.metrics.folders import evaluate_instance_folders
 
         if not 0.0 < float(iou) < 1.0:
             raise InputError(f"--iou must lie in (0, 1), got {iou}")
@@ -65,7 +89,7 @@ class Evaluate:
 
     def coco(self, pred: str, gt: str, iou_type: str = "segm", protocol: str = "coco", json: str | None = None):
         """COCO AP, AP50, AP75, APs, APm, APl (protocol coco or livecell) through pycocotools."""
-        from cellzoo.evaluation import evaluate_coco_files
+        from cellzoo.metrics.folders import evaluate_coco_files
 
         if iou_type not in ("segm", "bbox"):
             raise InputError(f"--iou-type must be segm or bbox, got {iou_type!r}")
@@ -75,7 +99,7 @@ class Evaluate:
 
     def image(self, pred: str, gt: str, json: str | None = None, normalize: bool = True):
         """MAE, MSE, PSNR, SSIM, Pearson, Euclidean and cosine distance after (2, 99.8) percentile normalisation."""
-        from cellzoo.evaluation import evaluate_image_folders
+        from cellzoo.metrics.folders import evaluate_image_folders
 
         _print_json(evaluate_image_folders(str(pred), str(gt), normalize=bool(normalize)), json)
 
@@ -123,14 +147,17 @@ class CellzooCLI:
         print(f"measured {len(rows)} cells -> {out}")
 
     def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False):
-        """Run a bundle's inference config on a folder of images.
+        """Run a bundle's inference config on a folder of images with trained weights.
 
-        --checkpoint takes one path, several separated by commas, or a list: several = an ensemble.
-        Without it the bundle's models/model.pt is used. --quick matches checkpoints trained with quick.yaml.
+        --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. No
+        bundle ships weights: train one (docs/own_data.md) or pass downloaded ones. --quick matches
+        checkpoints trained with quick.yaml.
         """
-        from cellzoo.bundles import bundle_path, run_config
+        from cellzoo.bundles import run_config
 
-        checkpoints = _checkpoint_list(checkpoint) or [str(bundle_path(bundle) / "models" / "model.pt")]
+        checkpoints = _checkpoint_list(checkpoint)
+        if not checkpoints:
+            raise InputError("--checkpoint is required: no bundle ships trained weights (see docs/own_data.md)")
         for path in checkpoints:
             if not Path(path).is_file():
                 raise InputError("checkpoint not found (train the bundle first or pass --checkpoint)", path)
@@ -140,29 +167,27 @@ class CellzooCLI:
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
 
-    def isl_fewshot(self, data: str, sizes="1,10,50", task: str = "nuclei", quick: bool = False,
-                    out: str = "isl_fewshot", n_test: int | None = None, seed: int = 0, crops: int = 5,
-                    pretext_epochs: int | None = None, finetune_epochs: int | None = None):
-        """ISL few-shot study: scratch vs ISL-pretrained segmenters at each training-set size N.
+    def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
+              quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None):
+        """Label-efficiency study of a bundle: arms x label budgets x seeds through the bundle's own configs.
 
-        DATA is an ISL-layout folder (fields with label-free planes, the stain and labels). A fixed test set
-        (--n-test fields, default 20%) is scored on --crops random crops per field; writes
-        <out>/fewshot_<task>.csv and .png and prints the table.
+        The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
+        in the bundle's layout: a fixed test set (--n-test items, default 20%) is drawn once; per seed the
+        rest is shuffled and each size N trains on the first N. Pretrainings run once per seed (--pretrain-data
+        for those that train on another data set). Interrupted studies resume: run the same command again.
+        Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
         """
-        from cellzoo.isl_fewshot import run_fewshot
+        from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
-        parts = sizes if isinstance(sizes, (list, tuple)) else str(sizes).split(",")
-        try:
-            size_list = [int(part) for part in parts]
-        except ValueError as err:
-            raise InputError(f"--sizes must be comma-separated integers, got {sizes!r}") from err
-        rows = run_fewshot(str(data), size_list, task=str(task), out=str(out), quick=bool(quick), n_test=n_test,
-                           seed=int(seed), crops_per_image=int(crops), pretext_epochs=pretext_epochs,
-                           finetune_epochs=finetune_epochs)
-        print(f"{'N':>4}  {'init':<10}  {rows[0]['metric']}")
-        for row in rows:
-            print(f"{row['n_train']:>4}  {row['init']:<10}  {row['value']:.3f}")
-        print(f"table and plot in {out}")
+        spec = load_study(bundle).task(task)
+        rows = run_study(bundle, _path(data, "--data"), _int_list(sizes, "--sizes"),
+                         arms=None if arms is None else _name_list(arms), seeds=_int_list(seeds, "--seeds"),
+                         task=spec.name, quick=bool(quick), out=_path(out, "--out"),
+                         pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
+                         n_test=None if n_test is None else int(n_test))
+        files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
+        print(markdown_table(rows, spec.metric), end="")
+        print("written: " + ", ".join(str(path) for path in files.values()))
 
     def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None):
         """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.
@@ -195,7 +220,7 @@ class CellzooCLI:
         print(install_bundle(str(source), str(bundle_dir), sha256=None if sha256 is None else str(sha256)))
 
     def demo(self, out: str = "demo_output", seed: int = 0):
-        """Synthesise a small dataset, draw it, measure its cells and evaluate its labels against themselves."""
+        """Quick-train MEDIAR on synthetic images (CPU, minutes), segment held-out ones and print their F1."""
         from cellzoo.demo import run_demo
 
         run_demo(str(out), seed=int(seed))

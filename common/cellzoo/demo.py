@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cellzoo.bundles import run_config
-from cellzoo.evaluation import write_instance_report
+from cellzoo.metrics.folders import write_instance_report
 from cellzoo.synthetic import overview_figure, synthesize
 
 BUNDLE = "mediar_cellseg"

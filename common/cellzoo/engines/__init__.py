@@ -1,6 +1,9 @@
-"""Training-loop helpers for the cellzoo bundles: samplers and data-centric utilities."""
+"""What ignite/MONAI engines lack and several bundles use: batch preparation, loaders, weights, resume."""
 
-from cellzoo.engines.modality import discover_modalities, encoder_embeddings
-from cellzoo.engines.samplers import AmplifiedSampler, MemoryReplayBatchSampler
+from cellzoo.engines.batches import PrepareImageTarget
+from cellzoo.engines.loaders import SamplerEpochHandler, epoch_sampler, training_loader
+from cellzoo.engines.resume import TrainingResume, latest_checkpoint
+from cellzoo.engines.weights import WeightMatch, load_weights, read_state_dict, transfer_weights
 
-__all__ = ["AmplifiedSampler", "MemoryReplayBatchSampler", "discover_modalities", "encoder_embeddings"]
+__all__ = ["PrepareImageTarget", "SamplerEpochHandler", "TrainingResume", "WeightMatch", "epoch_sampler",
+           "latest_checkpoint", "load_weights", "read_state_dict", "training_loader", "transfer_weights"]

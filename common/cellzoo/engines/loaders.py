@@ -1,50 +1,35 @@
-"""Training data loaders: shuffling with a fixed epoch size, amplified sampling and cell memory replay."""
+"""Training data loaders with a fixed epoch size, and the handler that tells samplers the epoch."""
 
 from __future__ import annotations
 
 import torch
 from monai.data import DataLoader
-from torch.utils.data import ConcatDataset, Dataset, RandomSampler, Sampler
+from torch.utils.data import Dataset, RandomSampler, Sampler
 
-from cellzoo.engines.samplers import MemoryReplayBatchSampler
+from cellzoo.errors import InputError
 
 
-def training_loader(
-    dataset: Dataset,
-    batch_size: int,
-    replay_dataset: Dataset | None = None,
-    replay_per_batch: int = 1,
-    sampler: Sampler | None = None,
-    samples_per_epoch: int | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-) -> DataLoader:
-    """A loader over `dataset`; with `replay_dataset`, each batch holds `replay_per_batch` replayed samples.
-
-    `sampler` (e.g. AmplifiedSampler) orders the target samples; otherwise a shuffle of
-    `samples_per_epoch` samples (default: the dataset size), which repeats images when a few-label
-    set is smaller than an epoch should be. Replay batches are built by MemoryReplayBatchSampler over
-    ConcatDataset([dataset, replay_dataset]).
-    """
+def epoch_sampler(dataset: Dataset, samples_per_epoch: int | None = None, seed: int = 0) -> RandomSampler:
+    """A shuffle of `samples_per_epoch` samples (default: the dataset size), repeating images when a
+    few-label set is smaller than an epoch should be."""
     if len(dataset) == 0:
-        raise ValueError("the training dataset is empty")
-    if sampler is None:
-        generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, num_samples=samples_per_epoch or len(dataset), generator=generator)
-    if replay_dataset is None or len(replay_dataset) == 0 or replay_per_batch == 0:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
-    batch_sampler = MemoryReplayBatchSampler(
-        n_target=len(dataset), n_replay=len(replay_dataset), batch_size=batch_size,
-        replay_per_batch=replay_per_batch, seed=seed, target_sampler=sampler,
-    )
-    return DataLoader(ConcatDataset([dataset, replay_dataset]), batch_sampler=batch_sampler, num_workers=num_workers)
+        raise InputError("the training dataset is empty")
+    generator = torch.Generator().manual_seed(seed)
+    return RandomSampler(dataset, num_samples=samples_per_epoch or len(dataset), generator=generator)
+
+
+def training_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None = None,
+                    samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """A loader over `dataset`, ordered by `sampler` (e.g. a DistributedSampler) or by `epoch_sampler`."""
+    sampler = sampler if sampler is not None else epoch_sampler(dataset, samples_per_epoch, seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
 class SamplerEpochHandler:
     """Ignite handler: call `set_epoch(epoch)` on the loader's samplers when each epoch starts.
 
-    MONAI's engines do this only for a DistributedSampler; AmplifiedSampler and MemoryReplayBatchSampler
-    draw a new order per epoch only when told the epoch, so without this every epoch would repeat epoch 0.
+    MONAI's engines do this only for a DistributedSampler; samplers that draw a new order per epoch only
+    when told the epoch (MEDIAR's amplified and replay samplers) would otherwise repeat epoch 0 forever.
     """
 
     def __init__(self, loader: DataLoader):

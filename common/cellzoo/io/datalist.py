@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cellzoo.errors import InputError
+from cellzoo.io.files import load_json, write_text
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ("training", "validation", "testing")
 # MONAI always joins these keys with base_dir; other keys only when the joined path exists.
@@ -31,11 +36,7 @@ def write_datalist(
     for name, entries in zip(SECTIONS, (training, validation, testing)):
         content[name] = [_relative_entry(entry, base) for entry in (entries or [])]
     content.update(extra_keys)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)  # no half-written datalist if the process dies mid-write
-    return path
+    return write_text(path, json.dumps(content, indent=2, default=_json_default) + "\n")
 
 
 def _relative_entry(entry: dict, base: Path) -> dict:
@@ -75,7 +76,7 @@ def _json_default(value: Any) -> Any:
 def load_datalist(path: str | Path, key: str = "training", base_dir: str | Path | None = None) -> list[dict]:
     """Load one section of a datalist with paths joined to base_dir (default: the JSON's folder)."""
     path = Path(path)
-    raw = _read_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or key not in raw:
         found = ", ".join(raw) if isinstance(raw, dict) else type(raw).__name__
         raise InputError(f"datalist has no '{key}' section (found: {found})", path)
@@ -86,15 +87,6 @@ def load_datalist(path: str | Path, key: str = "training", base_dir: str | Path 
 
     loaded = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(base))
     return [_fix_entry(original, entry, base) for original, entry in zip(raw[key], loaded)]
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError("file not found", path)
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"invalid JSON: {exc}", path) from exc
 
 
 def _fix_entry(original: dict, entry: dict, base: Path) -> dict:
@@ -130,11 +122,33 @@ def assign_folds(entries: list[dict], n_folds: int = 5, seed: int = 0) -> list[d
     return [{**entry, "fold": int(fold)} for entry, fold in zip(entries, folds)]
 
 
-def split_by_fold(entries: list[dict], val_fold: int) -> tuple[list[dict], list[dict]]:
-    """Split entries into (train, val) where val holds the entries of fold `val_fold`."""
-    missing = [i for i, entry in enumerate(entries) if "fold" not in entry]
-    if missing:
-        raise InputError(f"{len(missing)} datalist entries have no 'fold' (first: index {missing[0]})")
-    train = [entry for entry in entries if entry["fold"] != val_fold]
-    val = [entry for entry in entries if entry["fold"] == val_fold]
-    return train, val
+def select_items(entries: list[dict], names: Sequence[str] | None, source: str | Path | None = None) -> list[dict]:
+    """The entries whose "name" is in `names`, in that order (every entry when `names` is None)."""
+    if names is None:
+        return list(entries)
+    by_name = {entry["name"]: entry for entry in entries}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:5])) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise InputError(f"no item named {shown} among the {len(entries)} found", source)
+    return [by_name[name] for name in names]
+
+
+def split_items(entries: list[dict], train_items: Sequence[str] | None = None, val_items: Sequence[str] | None = None,
+                val_fold: int = 0, source: str | Path | None = None) -> dict[str, list[dict]]:
+    """{"train": [...], "val": [...]}: the named items, or else every entry outside / inside fold `val_fold`.
+
+    With very few entries one side can come out empty; then every entry trains and validation reuses
+    them (better than no validation at all), which is logged as a warning.
+    """
+    if not entries:
+        raise InputError("no labelled items to train on", source)
+    train = select_items(entries, train_items, source) if train_items is not None else \
+        [entry for entry in entries if entry.get("fold") != val_fold]
+    val = select_items(entries, val_items, source) if val_items is not None else \
+        [entry for entry in entries if entry.get("fold") == val_fold]
+    if not train or not val:
+        logger.warning("only %d labelled item(s): training on all of them and validating on the same item(s), "
+                       "so the validation score measures fit, not generalisation", len(entries))
+        train, val = train or list(entries), val or list(entries)
+    return {"train": train, "val": val}

@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from cellzoo.errors import InputError
+from cellzoo.io.files import (
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    OME_SUFFIXES,
+    RASTER_SUFFIXES,
+    TIFF_SUFFIXES,
+    image_suffix,
+    write_atomically,
+)
 
 AXES_LETTERS = "TCZYX"
-TIFF_SUFFIXES = (".tif", ".tiff")
-OME_SUFFIXES = (".ome.tif", ".ome.tiff")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = OME_SUFFIXES + TIFF_SUFFIXES + RASTER_SUFFIXES + NIFTI_SUFFIXES
 # tifffile letters that carry no meaning we can map ("I" = generic pages, "Q" = unknown).
 _UNKNOWN_TIFF_AXES = "IQ"
 # NIfTI stores dimensions as x, y, z, t, then a 5th "vector" dimension used here for channels.
 _NIFTI_AXES = "XYZTC"
-
-
-def image_suffix(path: str | Path) -> str:
-    """Lower-case suffix of an image path, keeping the compound ones (.ome.tif, .nii.gz)."""
-    name = Path(path).name.lower()
-    for suffix in OME_SUFFIXES + (".nii.gz",):
-        if name.endswith(suffix):
-            return suffix
-    return Path(name).suffix
 
 
 def check_axes(axes: str, ndim: int, path: str | Path | None = None) -> str:
@@ -200,7 +193,7 @@ def write_tiff(path: str | Path, array: np.ndarray, axes: str, compression: str 
     def _write(tmp: Path) -> None:
         tifffile.imwrite(tmp, array, metadata={"axes": axes}, compression=compression, **options)
 
-    return _atomic_write(path, _write)
+    return write_atomically(path, _write)
 
 
 def _tiff_layout(array: np.ndarray, axes: str) -> dict:
@@ -217,19 +210,25 @@ def write_ome_tiff(
     array: np.ndarray,
     axes: str,
     physical_size_um: tuple[float, ...] | None = None,
+    uuid: str | None = None,
 ) -> Path:
-    """Write an OME-TIFF; physical_size_um is (y, x) or (z, y, x) pixel size in micrometres."""
+    """Write an OME-TIFF; physical_size_um is (y, x) or (z, y, x) pixel size in micrometres.
+
+    `uuid` fixes the file's OME UUID (tifffile draws a random one), for byte-identical files.
+    """
     import tifffile
 
     array = np.asarray(array)
     axes = check_axes(axes, array.ndim, path)
     metadata = {"axes": axes, **_physical_size_metadata(physical_size_um, path)}
+    if uuid is not None:
+        metadata["UUID"] = f"urn:uuid:{uuid}"
     options = _tiff_layout(array, axes)
 
     def _write(tmp: Path) -> None:
         tifffile.imwrite(tmp, array, ome=True, metadata=metadata, compression="zlib", **options)
 
-    return _atomic_write(path, _write)
+    return write_atomically(path, _write)
 
 
 def _physical_size_metadata(size_um: tuple[float, ...] | None, path: str | Path) -> dict:
@@ -250,10 +249,10 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
         import imagecodecs
 
         # imagecodecs writes 16-bit colour PNGs, which Pillow cannot.
-        return _atomic_write(path, lambda tmp: tmp.write_bytes(imagecodecs.png_encode(array)))
+        return write_atomically(path, lambda tmp: tmp.write_bytes(imagecodecs.png_encode(array)))
     import imageio.v3 as iio
 
-    return _atomic_write(path, lambda tmp: iio.imwrite(tmp, array, plugin="pillow"))
+    return write_atomically(path, lambda tmp: iio.imwrite(tmp, array, plugin="pillow"))
 
 
 def _raster_ready(array: np.ndarray, path: str | Path) -> np.ndarray:
@@ -281,23 +280,7 @@ def write_nifti(path: str | Path, array: np.ndarray, axes: str) -> Path:
     if array.dtype == bool:
         array = array.astype(np.uint8)  # NIfTI has no boolean type
     image = nibabel.Nifti1Image(np.ascontiguousarray(array), affine=np.eye(4))
-    return _atomic_write(path, lambda tmp: nibabel.save(image, str(tmp)))
-
-
-def _atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Run `write` on a temp file in the target folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder so os.replace is an atomic rename; same suffix so writers pick the right format.
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=image_suffix(path))
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda tmp: nibabel.save(image, str(tmp)))
 
 
 # ---------------------------------------------------------------- conversions
@@ -325,27 +308,3 @@ def to_channel_first(
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return np.ascontiguousarray(array), axes
-
-
-def to_float(array: np.ndarray) -> np.ndarray:
-    """Convert to float32 without rescaling the values."""
-    return np.asarray(array).astype(np.float32, copy=False)
-
-
-def scale_intensity(
-    array: np.ndarray, lower: float = 0.0, upper: float = 100.0, channel_axis: int | None = 0
-) -> np.ndarray:
-    """Map the [lower, upper] percentiles of each channel to [0, 1] and clip; 2D arrays are one channel."""
-    data = to_float(array)
-    if channel_axis is None or data.ndim <= 2:
-        return _scale_one(data, lower, upper)
-    moved = np.moveaxis(data, channel_axis, 0)
-    scaled = np.stack([_scale_one(channel, lower, upper) for channel in moved])
-    return np.moveaxis(scaled, 0, channel_axis)
-
-
-def _scale_one(data: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    lo, hi = np.percentile(data, [lower, upper])
-    if hi <= lo:  # constant channel: nothing to stretch, return zeros rather than divide by zero
-        return np.zeros_like(data, dtype=np.float32)
-    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

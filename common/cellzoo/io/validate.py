@@ -27,16 +27,31 @@ def check_finite(array: np.ndarray, path: str | Path | None = None) -> np.ndarra
 
 
 def check_label_image(
-    array: np.ndarray, path: str | Path | None = None, ndim: tuple[int, ...] = (2, 3), allow_empty: bool = False
+    array: np.ndarray,
+    path: str | Path | None = None,
+    ndim: tuple[int, ...] | None = (2, 3),
+    allow_empty: bool = False,
+    allow_float: bool = False,
 ) -> np.ndarray:
-    """Check an instance label image: integer dtype, allowed ndim, non-negative, not empty.
+    """The one check of an instance label image: integer ids >= 0, allowed ndim, not empty; returns it.
 
-    `allow_empty` is for predictions: a model may rightly find no cell, ground truth may not be empty.
+    `path` names the image in errors (a file, or a role such as "gt"). `allow_empty` is for predictions:
+    a model may rightly find no cell, ground truth may not be empty. `allow_float` accepts float arrays
+    whose values are all whole numbers (labels that went through a float pipeline, e.g. an engine's
+    output) and returns them as int64; label *files* must be integer-typed. Booleans become uint8.
     """
     array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if allow_float and np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InputError("label image contains NaN or inf", path)
+        if np.any(array != np.round(array)):
+            raise InputError("label image has non-integer values", path)
+        array = array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"label image is not integer-typed ({array.dtype})", path)
-    if array.ndim not in ndim:
+    if ndim is not None and array.ndim not in ndim:
         wanted = " or ".join(f"{n}D" for n in ndim)
         raise InputError(f"expected a {wanted} label image, got shape {array.shape}", path)
     if array.size and array.min() < 0:

@@ -1,4 +1,4 @@
-"""Evaluation metrics: instance matching/F1/AP, COCO AP, semantic IoU/Dice and image-to-image scores."""
+"""Evaluation metrics: instance matching/F1/AP, COCO AP (coco and livecell protocols), image-to-image scores."""
 
 from cellzoo.metrics.coco import PROTOCOLS, coco_evaluate, labels_to_coco_results
 from cellzoo.metrics.image import image_metrics, mean_image_metrics, percentile_normalize
@@ -10,22 +10,18 @@ from cellzoo.metrics.instance import (
     match_instances,
     remove_border_cells,
 )
-from cellzoo.metrics.semantic import dice_score, iou_score, semantic_scores
 
 __all__ = [
     "PROTOCOLS",
     "average_precision",
     "coco_evaluate",
-    "dice_score",
     "evaluate_instances",
     "image_metrics",
     "instance_scores",
     "iou_matrix",
-    "iou_score",
     "labels_to_coco_results",
     "match_instances",
     "mean_image_metrics",
     "percentile_normalize",
     "remove_border_cells",
-    "semantic_scores",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from scipy.ndimage import find_objects
 
 from cellzoo.errors import InputError
-from cellzoo.metrics.instance import check_labels, sequential_labels
+from cellzoo.io.coco import label_image_to_coco, load_coco_json, to_rle
+from cellzoo.io.files import load_json
+from cellzoo.metrics.instance import check_labels
 
 PROTOCOLS: dict[str, dict] = {
     "coco": dict(
@@ -47,31 +47,8 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _load_json(obj, what: str):
-    if isinstance(obj, (str, Path)):
-        try:
-            return json.loads(Path(obj).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(f"cannot read {what}: {err}", obj) from err
-    return obj
-
-
-def _gt_dataset(gt) -> dict:
-    """Shallow-copied COCO dict with LIVECell quirks removed (annotations as a dict)."""
-    data = _load_json(gt, "COCO ground truth")
-    if not isinstance(data, Mapping) or "images" not in data:
-        raise InputError("COCO ground truth needs an 'images' list")
-    anns = data.get("annotations", [])
-    if isinstance(anns, Mapping):
-        # LIVECell stores annotations as {id: annotation}.
-        anns = [{"id": int(k), **a} for k, a in anns.items()]
-    anns = [{"iscrowd": 0, "id": i + 1, **a} for i, a in enumerate(anns)]
-    cats = data.get("categories") or [{"id": c} for c in sorted({a["category_id"] for a in anns})]
-    return {**data, "annotations": anns, "categories": cats}
-
-
 def _gt_coco(gt) -> COCO:
-    dataset = _gt_dataset(gt)
+    dataset = load_coco_json(gt)
     coco = COCO()
     coco.dataset = dataset
     with _quiet():
@@ -97,15 +74,20 @@ def _check_dets(dets: list[dict], gt: COCO, iou_type: str) -> None:
 
 
 def _results_coco(gt: COCO, predictions, iou_type: str) -> COCO:
-    dets = [dict(d) for d in _load_json(predictions, "COCO results")]
+    loaded = load_json(predictions) if isinstance(predictions, (str, Path)) else predictions
+    if not isinstance(loaded, list):
+        raise InputError("COCO results must be a list of detections", predictions if isinstance(predictions, (str, Path)) else None)
+    dets = [dict(d) for d in loaded]
     _check_dets(dets, gt, iou_type)
     if iou_type == "segm":
         # loadRes takes 'area' from the box when a box is present; detectron2 drops it for the same reason.
         for d in dets:
             d.pop("bbox", None)
-    elif any("bbox" not in d for d in dets):
+    else:
         for d in dets:
-            d.setdefault("bbox", mask_utils.toBbox(d["segmentation"]).tolist())
+            if "bbox" not in d:  # from the mask, polygon or RLE
+                image = gt.imgs[d["image_id"]]
+                d["bbox"] = mask_utils.toBbox(to_rle(d["segmentation"], image["height"], image["width"])).tolist()
     if dets:
         with _quiet():
             return gt.loadRes(dets)
@@ -176,7 +158,7 @@ def coco_evaluate(
     return _summary(make_cocoeval(gt, predictions, iou_type, protocol, max_dets, area_ranges))
 
 
-def _scores_for(ids: np.ndarray, scores) -> list[float]:
+def _scores_for(ids: list[int], scores) -> list[float]:
     if scores is None:
         return [1.0] * len(ids)
     if isinstance(scores, Mapping):
@@ -193,28 +175,15 @@ def labels_to_coco_results(
     scores: Mapping[int, float] | Sequence[float] | None = None,
     category_id: int = 1,
 ) -> list[dict]:
-    """COCO result dicts (RLE, bbox [x, y, w, h], score) per instance; scores by label id or in ascending-id order."""
+    """COCO result dicts (RLE, bbox [x, y, w, h], area, score) per instance, in ascending label order.
+
+    `scores` maps label ids to scores, or lists them in ascending-id order (default: 1.0 each).
+    """
     labels = check_labels(labels)
     if labels.ndim != 2:
         raise InputError(f"COCO results need a 2D label image, got {labels.ndim}D")
-    seq, ids = sequential_labels(labels)
-    score_list = _scores_for(ids, scores)
-    # One reusable Fortran-order canvas: only each object's box is written and cleared again.
-    canvas = np.zeros(labels.shape, dtype=np.uint8, order="F")
-    results = []
-    for k, box in enumerate(find_objects(seq)):
-        canvas[box] = seq[box] == k + 1
-        rle = mask_utils.encode(canvas)
-        canvas[box] = 0
-        rle["counts"] = rle["counts"].decode("ascii")  # json-serialisable
-        results.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(category_id),
-                "segmentation": rle,
-                "bbox": mask_utils.toBbox(rle).tolist(),
-                "area": float(mask_utils.area(rle)),
-                "score": score_list[k],
-            }
-        )
-    return results
+    annotations = label_image_to_coco(labels, image_id, segmentation="rle", category_id=category_id)
+    score_list = _scores_for([a["label"] for a in annotations], scores)
+    return [{"image_id": int(image_id), "category_id": int(category_id), "segmentation": a["segmentation"],
+             "bbox": [float(v) for v in a["bbox"]], "area": float(a["area"]), "score": score}
+            for a, score in zip(annotations, score_list)]

@@ -11,6 +11,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import relabel_sequential
 
 from cellzoo.errors import InputError
+from cellzoo.io.validate import check_label_image
 
 DEFAULT_AP_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -21,22 +22,8 @@ def threshold_key(threshold: float) -> str:
 
 
 def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Return `labels` as a non-negative integer array or raise InputError."""
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputError(f"{name}: expected an integer label image, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        # Label images read through float pipelines are accepted when every value is a whole number.
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"{name}: label image contains NaN or inf")
-        if np.any(arr != np.round(arr)):
-            raise InputError(f"{name}: label image has non-integer values")
-        arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{name}: label image has negative values")
-    return arr
+    """`labels` as a non-negative integer array (whole-number floats accepted), else InputError."""
+    return check_label_image(labels, name, ndim=None, allow_empty=True, allow_float=True)
 
 
 def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from cellzoo.transforms.flows import labels_to_flows, torch_threads
+from cellzoo.targets.flows import labels_to_flows, torch_threads
 
 __all__ = ["clean_foreground", "flow_errors", "flows_to_instances", "follow_flows"]
 

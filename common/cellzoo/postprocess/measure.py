@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 from skimage.measure import regionprops_table
 
 from cellzoo.errors import InputError
-from cellzoo.io import check_finite, read_image, read_labels
+from cellzoo.io import check_finite, check_label_image, read_image, read_labels, write_atomically
 
 #: Columns of a 2D (YX) table, before the mean_intensity_<c> columns (one per image channel).
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
@@ -49,7 +47,7 @@ def measure_cells(
     perimeter are in physical units; perimeter is NaN for anisotropic 2D spacing (skimage only supports
     isotropic). `image` is YX / ZYX, or has channels on `channel_axis` (e.g. -1 for YXC, 0 for CYX).
     """
-    labels = _check_labels(labels)
+    labels = check_label_image(labels, "labels", allow_empty=True)
     intensity = None if image is None else _channels_last(np.asarray(image), labels.shape, channel_axis)
     spatial = "zyx"[-labels.ndim:]
     properties = ["label", "centroid", "area", "bbox", "solidity"]
@@ -65,18 +63,6 @@ def measure_cells(
     if labels.ndim == 2 and "perimeter" not in columns:
         columns["perimeter"] = np.full(len(columns["label"]), np.nan)
     return _rows(columns)
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    """Validate a YX or ZYX non-negative integer label image."""
-    labels = np.asarray(labels)
-    if labels.ndim not in (2, 3):
-        raise InputError(f"labels must be YX or ZYX, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"labels must have an integer dtype, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise InputError("labels must be non-negative (0 is background)")
-    return labels
 
 
 def _channels_last(image: np.ndarray, shape: tuple[int, ...], channel_axis: int | None) -> np.ndarray:
@@ -136,21 +122,16 @@ def _is_intensity(key: str) -> bool:
 
 
 def write_measurements_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write rows as CSV with a header in column_order; atomic (temp file + os.replace)."""
-    path = Path(path)
+    """Write rows as CSV with a header in column_order, atomically (readers never see half a table)."""
     columns = column_order(k for row in rows for k in row) if rows else list(MEASUREMENT_COLUMNS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder so os.replace is an atomic rename: readers never see half a table.
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".csv")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return path
+
+    return write_atomically(path, write)
 
 
 def measure_files(image_path: str | Path, labels_path: str | Path, out_csv: str | Path) -> list[dict]:

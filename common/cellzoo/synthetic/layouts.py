@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from scipy import ndimage
-from skimage.measure import find_contours
 
 from cellzoo.errors import InputError
+from cellzoo.io.coco import label_image_to_coco
+from cellzoo.io.images import read_image, write_ome_tiff, write_png, write_tiff
 from cellzoo.synthetic.optics import render_field
 from cellzoo.synthetic.shapes import DENSITIES
 from cellzoo.synthetic.timelapse import render_timelapse
@@ -41,25 +41,9 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def write_tif(path: Path, arr: np.ndarray, axes: str) -> None:
-    """zlib-compressed TIFF with the axes recorded; creates parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, arr, compression="zlib", metadata={"axes": axes})
-
-
 def write_ome(path: Path, arr: np.ndarray, axes: str, seed: int) -> None:
     """OME-TIFF whose UUID derives from seed and name, so equal seeds give byte-identical files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    uid = uuid.uuid5(uuid.NAMESPACE_URL, f"cellzoo-synthetic/{seed}/{path.name}")
-    tifffile.imwrite(path, arr, ome=True, compression="zlib", metadata={"axes": axes, "UUID": f"urn:uuid:{uid}"})
-
-
-def write_png(path: Path, arr: np.ndarray) -> None:
-    """PNG (uint8 grey or RGB)."""
-    import imageio.v3 as iio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, arr)
+    write_ome_tiff(path, arr, axes, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cellzoo-synthetic/{seed}/{path.name}")))
 
 
 def pick_density(rng: np.random.Generator, density: str | float | None) -> str | float:
@@ -92,12 +76,12 @@ def write_cellseg(out: Path, n: int, seed: int, size: tuple[int, int],
         if mod == "brightfield":
             write_png(out / "images" / f"{name}.png", to_uint8(img))
         elif mod in ("phase", "dic"):
-            write_tif(out / "images" / f"{name}.tif", to_uint8(img), "YX")
+            write_tiff(out / "images" / f"{name}.tif", to_uint8(img), "YX")
         else:
-            write_tif(out / "images" / f"{name}.tif", to_uint16(img), "YX")
+            write_tiff(out / "images" / f"{name}.tif", to_uint16(img), "YX")
         # nuclear stains show nuclei only, so their instances are nuclei; every other modality shows cells
         lab = f["labels_nuclei"] if mod == "nuclear" else f["labels_cells"]
-        write_tif(out / "labels" / f"{name}_label.tiff", lab.astype(np.uint16), "YX")
+        write_tiff(out / "labels" / f"{name}_label.tiff", lab.astype(np.uint16), "YX")
 
 
 # ---------------------------------------------------------------- ctc
@@ -126,44 +110,16 @@ def write_ctc(out: Path, n: int, seed: int, size: tuple[int, int], n_sequences: 
         for t in range(n):
             tt = f"{t:0{digits}d}"
             lab = tl["labels_nuclei"][t].astype(np.uint16)
-            write_tif(out / seq / f"t{tt}.tif", to_uint16(tl["images"]["nuclear"][t]), axes)
-            write_tif(out / f"{seq}_ST" / "SEG" / f"man_seg{tt}.tif", lab, axes)
+            write_tiff(out / seq / f"t{tt}.tif", to_uint16(tl["images"]["nuclear"][t]), axes)
+            write_tiff(out / f"{seq}_ST" / "SEG" / f"man_seg{tt}.tif", lab, axes)
             if t % gt_every == 0:  # gold-truth segmentation exists for a subset of frames only, as in CTC
-                write_tif(out / f"{seq}_GT" / "SEG" / f"man_seg{tt}.tif", lab, axes)
-            write_tif(out / f"{seq}_GT" / "TRA" / f"man_track{tt}.tif", tra_markers(lab), axes)
+                write_tiff(out / f"{seq}_GT" / "SEG" / f"man_seg{tt}.tif", lab, axes)
+            write_tiff(out / f"{seq}_GT" / "TRA" / f"man_track{tt}.tif", tra_markers(lab), axes)
         lines = "".join(f"{L} {B} {E} {P}\n" for L, B, E, P in tl["tracks"])
         (out / f"{seq}_GT" / "TRA" / "man_track.txt").write_text(lines)
 
 
 # ---------------------------------------------------------------- coco
-
-def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-    """COCO polygons [[x1, y1, ...]] tracing the (hole-filled) mask at level 0.5."""
-    filled = np.pad(ndimage.binary_fill_holes(mask), 1).astype(np.float32)
-    polys = []
-    for c in find_contours(filled, 0.5):
-        if len(c) >= 3:
-            # (row, col) -> (x, y); -1 undoes the padding, +0.5 because COCO pixel i spans [i, i + 1]
-            xy = (c[:, ::-1] - 0.5).round(2)
-            polys.append([float(v) for v in xy.ravel()])
-    return polys
-
-
-def coco_annotations(labels: np.ndarray, image_id: int, first_id: int) -> list[dict]:
-    """One COCO annotation per instance: polygon, exact pixel area, bbox from the mask."""
-    anns = []
-    for lab_id, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        mask = np.zeros(labels.shape, bool)
-        mask[sl] = labels[sl] == lab_id
-        ys, xs = sl
-        anns.append({"id": first_id + len(anns), "image_id": image_id, "category_id": 1,
-                     "segmentation": mask_polygons(mask), "area": int(mask.sum()),
-                     "bbox": [int(xs.start), int(ys.start), int(xs.stop - xs.start), int(ys.stop - ys.start)],
-                     "iscrowd": 0})
-    return anns
-
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
     """Deterministic train/val/test sizes; at least one image per split when n >= 3."""
@@ -186,8 +142,8 @@ def write_coco(out: Path, n: int, seed: int, size: tuple[int, int], density: str
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density),
                          pick_radius(rng, cell_radius), ("phase",))
         name = f"SYNTH_Phase_{i:05d}.tif"
-        write_tif(out / "images" / name, to_uint8(f["images"]["phase"]), "YX")
-        anns = coco_annotations(f["labels_cells"], i, next_ann)
+        write_tiff(out / "images" / name, to_uint8(f["images"]["phase"]), "YX")
+        anns = label_image_to_coco(f["labels_cells"], i, start_ann_id=next_ann)
         next_ann += len(anns)
         part = "train" if i <= n_train else "val" if i <= n_train + n_val else "test"
         parts[part].append(({"id": i, "file_name": name, "width": size[1], "height": size[0]}, anns))
@@ -254,9 +210,9 @@ def write_isl(out: Path, n: int, seed: int, size: tuple[int, int], dz: float = 1
                  "target_DAPI": im["nuclear"][2], "target_CELLMASK": im["membrane"][2]}
         folder = out / f"field_{i:03d}"
         for name, img in files.items():
-            write_tif(folder / f"{name}.tif", to_uint16(img), "YX")
-        write_tif(folder / "label_nuclei.tif", f["labels_nuclei"].astype(np.uint16), "YX")
-        write_tif(folder / "label_cells.tif", f["labels_cells"].astype(np.uint16), "YX")
+            write_tiff(folder / f"{name}.tif", to_uint16(img), "YX")
+        write_tiff(folder / "label_nuclei.tif", f["labels_nuclei"].astype(np.uint16), "YX")
+        write_tiff(folder / "label_cells.tif", f["labels_cells"].astype(np.uint16), "YX")
 
 
 # ---------------------------------------------------------------- entry point
@@ -303,12 +259,8 @@ def synthesize(layout: str, n: int, out: str | Path, seed: int = 0, size: tuple[
 # ---------------------------------------------------------------- overview pictures
 
 def _read(path: Path) -> np.ndarray:
-    """Read a written image (TIFF or PNG)."""
-    if path.suffix == ".png":
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    return tifffile.imread(path)
+    """Read a written image (TIFF or PNG) as stored."""
+    return read_image(path)[0]
 
 
 def _display(img: np.ndarray) -> np.ndarray:

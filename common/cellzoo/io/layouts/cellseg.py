@@ -6,9 +6,10 @@ from pathlib import Path
 
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
+from cellzoo.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
 from cellzoo.io.validate import check_dir
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES  # the challenge's 2D formats
 # Checked in this order; the challenge itself uses .tiff.
 LABEL_SUFFIXES = ("_label.tiff", "_label.tif", "_label.png")
 

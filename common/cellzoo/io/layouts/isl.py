@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
-from cellzoo.io.images import IMAGE_SUFFIXES, image_suffix
+from cellzoo.io.files import IMAGE_SUFFIXES, image_suffix
 from cellzoo.io.validate import check_dir
 
 ROLE_RE = re.compile(r"^(input|target|label)_(.+)$")
@@ -67,7 +67,6 @@ def isl_datalist(
     inputs: list[str],
     target: str | None = None,
     label: str | None = None,
-    fields: list[str] | None = None,
     n_folds: int = 5,
     seed: int = 0,
 ) -> list[dict]:
@@ -76,15 +75,8 @@ def isl_datalist(
     `inputs` picks the label-free planes by name pattern, in order (e.g. ["BRIGHTFIELD_z0", "BRIGHTFIELD_z1",
     "PHASE_CONTRAST"] or ["DIC"]); `target` picks one fluorescence image (e.g. "DAPI") and `label` one
     instance label image (e.g. "nuclei"); fields lacking the requested target or label are left out.
-    `fields` keeps only the named fields, in the given order (few-shot subsets, fixed test sets).
     """
     entries = read_isl(root, n_folds=n_folds, seed=seed)
-    if fields is not None:
-        by_name = {entry["name"]: entry for entry in entries}
-        unknown = [name for name in fields if name not in by_name]
-        if unknown:
-            raise InputError(f"no ISL field named {', '.join(unknown)}", root)
-        entries = [by_name[name] for name in fields]
     out = []
     for entry in entries:
         item = {"name": entry["name"], "fold": entry["fold"]}

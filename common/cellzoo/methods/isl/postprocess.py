@@ -1,14 +1,20 @@
-"""ISL post-processing (paper 003, sec. 2.3, Fig. 6): h-maxima seeds + watershed of the predicted distance map."""
+"""ISL post-processing (sec. 2.3, Fig. 6): h-maxima seeds + watershed of the predicted distance map for cells,
+connected components of the nucleus probability for nuclei, and their MONAI transform wrappers."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 from skimage.measure import label
 from skimage.morphology import local_maxima, reconstruction
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
-__all__ = ["distance_to_instances", "hmax_seeds", "nuclei_to_instances", "remove_small_instances"]
+from cellzoo.postprocess.instances import remove_small_instances
+from cellzoo.postprocess.transforms import MapsToInstancesd
+
+__all__ = ["DistanceToInstancesd", "ProbabilityToInstancesd", "distance_to_instances", "hmax_seeds",
+           "nuclei_to_instances"]
 
 
 def distance_to_instances(
@@ -67,17 +73,6 @@ def _seed_unseeded(markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Int32 copy of `labels` without instances under `min_size` px, renumbered 1..n."""
-    # Written by hand (bincount): skimage's remove_small_objects renamed min_size to max_size with a
-    # changed meaning in 0.26, and cellzoo supports scikit-image from 0.22.
-    labels = np.asarray(labels).astype(np.int32, copy=True)
-    if min_size > 0 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        labels[sizes[labels] < min_size] = 0
-    return relabel_sequential(labels)[0].astype(np.int32)
-
-
 def nuclei_to_instances(
     prob: np.ndarray,
     threshold: float = 0.5,
@@ -96,3 +91,25 @@ def nuclei_to_instances(
     if split:
         return distance_to_instances(ndi.distance_transform_edt(mask), mask, h=h, min_size=min_size)
     return remove_small_instances(label(mask, connectivity=1), min_size)
+
+
+class DistanceToInstancesd(MapsToInstancesd):
+    """(2, H, W) [distance, mask logit] maps (ISL cell model) -> instances.
+
+    h-maxima seeds of the distance, watershed inside sigmoid(mask logit) > mask_threshold
+    (`distance_to_instances`; keyword arguments go there).
+    """
+
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        maps = maps.float().cpu()
+        return distance_to_instances(maps[0].numpy(), torch.sigmoid(maps[1]).numpy(), **self.postprocess_args)
+
+
+class ProbabilityToInstancesd(MapsToInstancesd):
+    """A (1, H, W) probability map (ISL nucleus model) -> instances (connected components).
+
+    Keyword arguments go to `nuclei_to_instances` (threshold, min_size, split).
+    """
+
+    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
+        return nuclei_to_instances(maps.float().cpu()[0].numpy(), **self.postprocess_args)

@@ -6,9 +6,12 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+from monai.data import DataLoader
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-__all__ = ["AmplifiedSampler", "MemoryReplayBatchSampler"]
+from cellzoo.engines.loaders import epoch_sampler, training_loader
+
+__all__ = ["AmplifiedSampler", "MemoryReplayBatchSampler", "replay_loader"]
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
@@ -125,3 +128,21 @@ class MemoryReplayBatchSampler(Sampler[list[int]]):
         for start in range(0, len(self) * k, k):
             batch = target[start : start + k]
             yield batch + [next(replay) for _ in range(self.replay_per_batch)]
+
+
+def replay_loader(dataset: Dataset, batch_size: int, replay_dataset: Dataset | None = None, replay_per_batch: int = 1,
+                  sampler: Sampler | None = None, samples_per_epoch: int | None = None, num_workers: int = 0,
+                  seed: int = 0) -> DataLoader:
+    """The training loader of MEDIAR fine-tuning: each batch holds `replay_per_batch` replayed public samples.
+
+    Target samples are ordered by `sampler` (e.g. an AmplifiedSampler) or a shuffle of `samples_per_epoch`;
+    without a replay set (or with replay_per_batch 0) this is the plain `training_loader`.
+    """
+    if replay_dataset is None or len(replay_dataset) == 0 or replay_per_batch == 0:
+        return training_loader(dataset, batch_size, sampler, samples_per_epoch, num_workers, seed)
+    target_sampler = sampler if sampler is not None else epoch_sampler(dataset, samples_per_epoch, seed)
+    batch_sampler = MemoryReplayBatchSampler(
+        n_target=len(dataset), n_replay=len(replay_dataset), batch_size=batch_size,
+        replay_per_batch=replay_per_batch, seed=seed, target_sampler=target_sampler,
+    )
+    return DataLoader(ConcatDataset([dataset, replay_dataset]), batch_sampler=batch_sampler, num_workers=num_workers)

@@ -1,9 +1,19 @@
-"""Network-like flow and cell-probability maps: exact targets plus smooth noise, for post-processing checks."""
+"""Flow checks shared by the flow tests and scripts/benchmark_flows.py: agreement between two flow fields
+(cellzoo's targets and a reference implementation's) and network-like perturbations of exact maps."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+
+
+def mean_flow_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean cosine similarity of (2, H, W) flow vectors over `mask`; two zero vectors agree (1), one gives 0."""
+    a, b = a[:, mask].astype(np.float64), b[:, mask].astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    cos = (a * b).sum(0) / np.where(na * nb > 0, na * nb, 1.0)
+    cos[(na == 0) & (nb == 0)] = 1.0
+    return float(cos.mean())
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 2.0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""ISL data chains (paper 003): label-free planes -> 3-channel input; per task, the training target.
+"""ISL data chains: label-free planes -> 3-channel input; per task, the training target.
 
 Tasks: "fluorescence" (pretext: regress a stain such as DAPI or CellMask), "nuclei" (binary nucleus mask,
 Jaccard loss) and "cells" ([distance, mask] from instance labels, MSE + alpha * BCE). Entries come from
@@ -7,9 +7,6 @@ Jaccard loss) and "cells" ([distance, mask] from instance labels, MSE + alpha * 
 """
 
 from __future__ import annotations
-
-from collections.abc import Hashable, Mapping
-from pathlib import Path
 
 import numpy as np
 from monai.config import KeysCollection
@@ -20,7 +17,6 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureTyped,
     Lambdad,
-    MapTransform,
     RandFlipd,
     RandRotate90d,
     RandSpatialCropd,
@@ -29,11 +25,12 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from cellzoo.io import read_image
-from cellzoo.transforms.distance import LabelsToDistanced
-from cellzoo.transforms.mediar_augment import as_cyx, to_three_channels
+from cellzoo.methods.isl.network import TASKS
+from cellzoo.methods.isl.postprocess import DistanceToInstancesd, ProbabilityToInstancesd
+from cellzoo.postprocess.transforms import SaveCellOutputsd, SaveFluorescenced
+from cellzoo.targets.distance import LabelsToDistanced
+from cellzoo.transforms.loading import LoadPlanesd, to_three_channels
 
-TASKS = ("fluorescence", "nuclei", "cells")
 # percentile scaling of inputs and fluorescence targets, per channel (robust to hot pixels and background)
 PERCENTILES = (1.0, 99.8)
 
@@ -42,25 +39,6 @@ def check_task(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return task
-
-
-class LoadPlanesd(MapTransform):
-    """Read the file (or list of files) under each key and stack the planes as channels: (C, H, W) float32.
-
-    Planes come from separate files (one per focal plane or modality), which MONAI's LoadImaged would read
-    through a reader per file; cellzoo's reader keeps the axes handling of the rest of the package.
-    """
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            paths = [d[key]] if isinstance(d[key], (str, Path)) else list(d[key])
-            planes = [as_cyx(*read_image(path)) for path in paths]
-            shapes = {plane.shape[1:] for plane in planes}
-            if len(shapes) != 1:
-                raise ValueError(f"the planes of one field differ in size: {sorted(shapes)} ({paths})")
-            d[key] = np.concatenate(planes).astype(np.float32)
-        return d
 
 
 def foreground(labels):
@@ -150,13 +128,6 @@ def isl_output_transforms(
     thresholded probability, or h-maxima watershed of the distance map) written as label TIFF, per-cell CSV
     and overlay by `SaveCellOutputsd`, measured on the input planes.
     """
-    from cellzoo.transforms.postprocessing import (
-        DistanceToInstancesd,
-        ProbabilityToInstancesd,
-        SaveCellOutputsd,
-        SaveFluorescenced,
-    )
-
     check_task(task)
     if task == "fluorescence":
         return Compose([SaveFluorescenced("pred", output_dir, name=stain_name)])

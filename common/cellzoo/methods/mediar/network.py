@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,7 +44,6 @@ class MEDIARFormer(nn.Module):
         decoder_pab_channels: int = 256,
         in_channels: int = 3,
         classes: int = 2,
-        weights_path: str | Path | None = None,
     ) -> None:
         super().__init__()
         # Imported here so that cellzoo without the "methods" extra still imports.
@@ -53,7 +51,7 @@ class MEDIARFormer(nn.Module):
 
         base = smp.MAnet(
             encoder_name=encoder_name,
-            encoder_weights=None,  # never download; pretrained weights come via weights_path
+            encoder_weights=None,  # never download; weights load from local files (cellzoo.engines.weights)
             decoder_channels=tuple(decoder_channels),
             decoder_pab_channels=decoder_pab_channels,
             in_channels=in_channels,
@@ -69,13 +67,6 @@ class MEDIARFormer(nn.Module):
         self.cellprob_head = _head(last, 1)
         self.gradflow_head = _head(last, classes)
         self.output_stride = int(self.encoder.output_stride)
-        if weights_path is not None:
-            self.load_weights(weights_path)
-
-    def load_weights(self, weights_path: str | Path) -> None:
-        """Load a local state_dict file (weights only, strict)."""
-        state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-        self.load_state_dict(state, strict=True)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (B, C, H, W) with H and W divisible by the encoder's output stride."""

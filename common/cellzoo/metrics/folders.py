@@ -1,4 +1,4 @@
-"""Folder-level evaluation: pair prediction and ground-truth files by stem, then score them."""
+"""Scoring folders and files: pair prediction and ground-truth files by stem, then compute the metrics."""
 
 from __future__ import annotations
 
@@ -10,63 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo.errors import InputError
-from cellzoo.io import check_finite, check_same_shape, read_image, read_labels
-from cellzoo.metrics import coco_evaluate, evaluate_instances, mean_image_metrics
+from cellzoo.io import (
+    check_finite,
+    check_same_shape,
+    load_coco_json,
+    load_json,
+    pair_by_stem,
+    read_image,
+    read_labels,
+    write_text,
+)
+from cellzoo.metrics.coco import coco_evaluate
+from cellzoo.metrics.image import mean_image_metrics
+from cellzoo.metrics.instance import evaluate_instances
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".bmp", ".jpg", ".jpeg", ".nii.gz", ".nii")
-# Ground truth in the NeurIPS CellSeg layout is named <stem>_label.tiff; predictions may be too.
-IGNORED_STEM_SUFFIXES = ("_label",)
-
-
-def file_stem(path: Path) -> str:
-    """Stem of an image file with multi-part suffixes and a trailing `_label` removed."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    for suffix in IGNORED_STEM_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
-
-
-def list_images(folder: str | Path) -> dict[str, Path]:
-    """Map stem -> path for the image files directly inside a folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("folder not found", folder)
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
-            stem = file_stem(path)
-            if stem in files:
-                raise InputError(f"two files share the stem '{stem}': {files[stem].name}, {path.name}", folder)
-            files[stem] = path
-    if not files:
-        raise InputError("no image files found", folder)
-    return files
-
-
-def pair_by_stem(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """(stem, prediction, ground truth) for every stem; unmatched stems on either side are an error."""
-    pred, gt = list_images(pred_dir), list_images(gt_dir)
-    only_pred, only_gt = sorted(set(pred) - set(gt)), sorted(set(gt) - set(pred))
-    if only_pred or only_gt:
-        parts = []
-        if only_gt:
-            parts.append(f"no prediction for {_preview(only_gt)}")
-        if only_pred:
-            parts.append(f"no ground truth for {_preview(only_pred)}")
-        raise InputError("unmatched stems between --pred and --gt: " + "; ".join(parts), pred_dir)
-    return [(stem, pred[stem], gt[stem]) for stem in sorted(gt)]
-
-
-def _preview(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def read_intensity_file(path: Path) -> np.ndarray:
@@ -107,23 +65,13 @@ def evaluate_image_folders(pred_dir, gt_dir, normalize: bool = True) -> dict:
 
 def evaluate_coco_files(pred_json, gt_json, iou_type: str = "segm", protocol: str = "coco") -> dict:
     """COCO AP summary for a results JSON against a ground-truth JSON."""
-    gt = _load_json(gt_json)
-    pred = _load_json(pred_json)
+    gt = load_coco_json(gt_json)
+    pred = load_json(pred_json)
     if isinstance(pred, dict) and "annotations" in pred:  # a full COCO file given as predictions
         pred = pred["annotations"]
     if not isinstance(pred, list):
         raise InputError("predictions must be a COCO results list (or a COCO file with 'annotations')", pred_json)
     return coco_evaluate(gt, pred, iou_type=iou_type, protocol=protocol)
-
-
-def _load_json(path) -> dict | list:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"not valid JSON ({err})", path) from err
 
 
 def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_margin: int = 0,
@@ -133,7 +81,6 @@ def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_m
     report = evaluate_instances(pairs, iou=iou, border_margin=border_margin)
     report["border_margin"] = border_margin
     report["f1_at"] = {f"{t:.2f}": evaluate_instances(pairs, iou=t, border_margin=border_margin)["f1"] for t in extra_ious}
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out_json, json.dumps(report, indent=2) + "\n")
     logger.info("F1@%.2f = %.4f over %d images -> %s", iou, report["f1"], report["n_images"], out_json)
     return report

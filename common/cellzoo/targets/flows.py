@@ -526,7 +526,7 @@ class LabelsToFlowsd(MapTransform):
 
     Flows depend on cell geometry: ``mediar_train_transforms`` computes them once per image before the random
     steps (so CacheDataset keeps them) and moves them with flow-aware flips, rotations and zoom
-    (``cellzoo.transforms.flow_geometry``). Run it after a spatial transform that has no flow-aware version. For
+    (``cellzoo.targets.flow_geometry``). Run it after a spatial transform that has no flow-aware version. For
     scale: a 512x512 crop with 187 cells (NeurIPS CellSeg cell_00849) takes about 0.14 s on one core
     of the shared 2-core benchmark VM, against 0.48 s for cellpose 3.1 (docs/benchmarks.md).
     `scale` multiplies the unit vectors (MEDIAR trains on 5 x flows but applies the 5 in its loss, so keep 1).

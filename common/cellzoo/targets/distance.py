@@ -45,7 +45,7 @@ def labels_to_distance(labels: np.ndarray, normalize: str | None = None) -> np.n
 class LabelsToDistanced(MapTransform):
     """Instance labels (H, W) or (1, H, W) -> distance (1, H, W), mask (1, H, W) and target (2, H, W) = [distance, mask].
 
-    The target feeds ``cellzoo.isl_losses.DistanceMaskLoss``; set any output key to None to skip it. The
+    The target feeds ``cellzoo.methods.isl.DistanceMaskLoss``; set any output key to None to skip it. The
     label itself is kept. One label key only, since all keys write the same outputs.
     """
 

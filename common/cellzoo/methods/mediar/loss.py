@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MEDIARLoss", "mediar_target"]
-
-
-def mediar_target(flows: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
-    """Stack (B,2,H,W) flows, (B,1,H,W) instance labels and an optional ignore mask into [fy, fx, cell(, ignore)]."""
-    parts = [flows.float(), (label > 0).float()]
-    if ignore is not None:
-        parts.append((ignore > 0).float())
-    return torch.cat(parts, dim=1)
+__all__ = ["MEDIARLoss"]
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -31,11 +21,11 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tens
 class MEDIARLoss(nn.Module):
     """BCEWithLogits(cellprob, label > 0) + flow_weight * MSE(flows, flow_scale * target_flows).
 
-    `y_pred` is the MEDIARFormer output (B, 3, H, W) = [flow_y, flow_x, cellprob logits]. `y` is either a
-    tensor (B, 3, H, W) = [flow_y, flow_x, cell] with an optional 4th ignore channel (1 = ignore, e.g.
-    from BoundaryExclusiond(ignore_key=...)), or a mapping with "flows" (B,2,H,W), "label" (B,1,H,W)
-    and optionally "ignore" (B,1,H,W). Both forms plug into MONAI's SupervisedTrainer as
-    loss_function(y_pred, y). The reference code thresholds the cell channel at 0.5; so does this.
+    `y_pred` is the MEDIARFormer output (B, 3, H, W) = [flow_y, flow_x, cellprob logits]. `y` is the
+    (B, 3, H, W) target [flow_y, flow_x, cell] of `mediar_train_transforms` (`stack_target`), with an
+    optional 4th ignore channel (1 = ignore, from BoundaryExclusiond(ignore_key=...)); it plugs into
+    MONAI's SupervisedTrainer as loss_function(y_pred, y). The reference code thresholds the cell
+    channel at 0.5; so does this.
     """
 
     def __init__(self, flow_weight: float = 0.5, flow_scale: float = 5.0) -> None:
@@ -44,19 +34,14 @@ class MEDIARLoss(nn.Module):
         self.flow_scale = flow_scale
 
     @staticmethod
-    def split_target(
-        y: torch.Tensor | Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def split_target(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return (flows (B,2,H,W), cell mask (B,1,H,W) as float, ignore mask or None)."""
-        if isinstance(y, Mapping):
-            ignore = y.get("ignore")
-            return y["flows"].float(), (y["label"] > 0).float(), None if ignore is None else ignore > 0
         if y.ndim != 4 or y.shape[1] not in (3, 4):
             raise ValueError(f"target must be (B, 3 or 4, H, W), got {tuple(y.shape)}")
         ignore = y[:, 3:4] > 0.5 if y.shape[1] == 4 else None
         return y[:, :2].float(), (y[:, 2:3] > 0.5).float(), ignore
 
-    def forward(self, y_pred: torch.Tensor, y: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scalar loss for a batch."""
         flows, cell, ignore = self.split_target(y)
         if y_pred.shape[1] != 3 or y_pred.shape[-2:] != flows.shape[-2:]:

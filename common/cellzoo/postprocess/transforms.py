@@ -1,7 +1,7 @@
 """MONAI dictionary transforms that turn network maps into instances and write them, inside engines.
 
-MEDIAR flows (`FlowsToInstancesd`), ISL distance maps (`DistanceToInstancesd`) and nucleus probabilities
-(`ProbabilityToInstancesd`) become instance labels; `SaveCellOutputsd` and `SaveFluorescenced` write files.
+`MapsToInstancesd` is the base of every maps -> instances step (flows here, a method's own maps in its
+package); `SaveCellOutputsd` and `SaveFluorescenced` write the files of an inference run.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from cellzoo.evaluation import file_stem
-from cellzoo.io import write_ome_tiff
+from cellzoo.io import file_stem, write_ome_tiff
 from cellzoo.postprocess.flows import flows_to_instances, large_image_tile
 from cellzoo.postprocess.outputs import write_cell_outputs
-from cellzoo.postprocess.watershed import distance_to_instances, nuclei_to_instances
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +76,6 @@ class SaveCellOutputsd(MapTransform):
             write_cell_outputs(file_stem(path), labels, image, self.output_dir, self.write_extras)
             logger.info("%s: %d cells", path.name, int(labels.max(initial=0)))
         return d
-
-
-class DistanceToInstancesd(MapsToInstancesd):
-    """(2, H, W) [distance, mask logit] maps (ISL cell model) -> instances.
-
-    h-maxima seeds of the distance, watershed inside sigmoid(mask logit) > mask_threshold
-    (`cellzoo.postprocess.watershed.distance_to_instances`; keyword arguments go there).
-    """
-
-    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
-        maps = maps.float().cpu()
-        return distance_to_instances(maps[0].numpy(), torch.sigmoid(maps[1]).numpy(), **self.postprocess_args)
-
-
-class ProbabilityToInstancesd(MapsToInstancesd):
-    """A (1, H, W) probability map (ISL nucleus model) -> instances (connected components).
-
-    Keyword arguments go to `cellzoo.postprocess.watershed.nuclei_to_instances` (threshold, min_size, split).
-    """
-
-    def to_labels(self, maps: torch.Tensor) -> np.ndarray:
-        return nuclei_to_instances(maps.float().cpu()[0].numpy(), **self.postprocess_args)
 
 
 class SaveFluorescenced(MapTransform):

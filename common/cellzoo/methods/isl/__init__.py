@@ -1,0 +1,36 @@
+"""ISL (bundle `isl_segmentation`): the in silico labeling network per task, its losses, data chains and
+post-processing."""
+
+from cellzoo.methods.isl.losses import DistanceMaskLoss, JaccardLoss
+from cellzoo.methods.isl.network import TASKS, ShiftedSigmoid, densenet_to_unet_keys, isl_network
+from cellzoo.methods.isl.postprocess import (
+    DistanceToInstancesd,
+    ProbabilityToInstancesd,
+    distance_to_instances,
+    hmax_seeds,
+    nuclei_to_instances,
+)
+from cellzoo.methods.isl.transforms import (
+    isl_output_transforms,
+    isl_predict_transforms,
+    isl_train_transforms,
+    isl_valid_transforms,
+)
+
+__all__ = [
+    "TASKS",
+    "DistanceMaskLoss",
+    "DistanceToInstancesd",
+    "JaccardLoss",
+    "ProbabilityToInstancesd",
+    "ShiftedSigmoid",
+    "densenet_to_unet_keys",
+    "distance_to_instances",
+    "hmax_seeds",
+    "isl_network",
+    "isl_output_transforms",
+    "isl_predict_transforms",
+    "isl_train_transforms",
+    "isl_valid_transforms",
+    "nuclei_to_instances",
+]

@@ -1,0 +1,234 @@
+"""The label-efficiency study engine: arms x label budgets x seeds for any bundle, through its own configs.
+
+For one task of a bundle (declared in its `configs/study.yaml`, see `cellzoo.studies.spec`):
+
+1. The labelled items of the data folder are listed by the fine-tuning config itself (its `datalist`), and a
+   fixed test set is drawn once (`split_seed`), the same for every seed, arm and budget.
+2. Per seed, the remaining items (the pool) are shuffled; a budget of N trains on the first N, so the
+   training sets of one seed are nested, as in the papers' few-shot protocols.
+3. Per seed, each pretraining an arm needs runs once (on the pool, whose labels it does not use, or on
+   `--pretrain-data`); then per budget and arm the fine-tuning config trains from the arm's initial weights
+   (`init_ckpt`) and the evaluation config scores the test items (`<output_dir>/metrics.json`).
+
+Every step writes into `<out>/<task>/seed<k>/...`; a finished step leaves a marker, so an interrupted study
+run again with the same arguments skips what is done. The result is a long table (bundle, task, arm, n,
+seed, metric, value); `cellzoo.studies.report` turns it into the CSV, the plot and the markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cellzoo.bundles import parse_config_value, run_config
+from cellzoo.errors import InputError
+from cellzoo.studies.spec import Pretraining, TaskSpec, load_study
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "study.json"
+DONE = "done.json"
+RESULT = "result.json"
+# placeholders a study.yaml override may use for the study's own folders
+PLACEHOLDERS = ("{data}", "{pretrain_data}")
+
+
+@dataclass(frozen=True)
+class Study:
+    """What one `cellzoo study` call runs."""
+
+    bundle: str
+    task: TaskSpec
+    data: Path
+    sizes: tuple[int, ...]
+    arms: tuple[str, ...]
+    seeds: tuple[int, ...]
+    quick: bool
+    out: Path
+    quick_overrides: dict
+    pretrain_data: Path | None = None
+
+
+def run_study(bundle: str, data: str | Path, sizes: Sequence[int], arms: Sequence[str] | None = None,
+              seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
+              pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0) -> list[dict]:
+    """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}."""
+    spec = load_study(bundle)
+    task_spec = spec.task(task)
+    study = Study(spec.bundle, task_spec, Path(data).absolute(), tuple(sorted({int(n) for n in sizes})),
+                  _check_arms(task_spec, arms), tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick),
+                  Path(out).absolute() / task_spec.name, spec.quick if quick else {},
+                  None if pretrain_data is None else Path(pretrain_data).absolute())
+    _check_pretrain_data(study)
+    test, pool = split_items(labelled_items(study), n_test, split_seed, study.data)
+    if not study.sizes or study.sizes[0] < 1 or study.sizes[-1] > len(pool):
+        raise InputError(f"--sizes must lie in 1..{len(pool)} (labelled {task_spec.units} outside the "
+                         f"{len(test)} test items), got {list(study.sizes)}")
+    _check_manifest(study, test)
+    logger.info("study %s/%s: %d test items, pool of %d, sizes %s, arms %s, seeds %s", study.bundle,
+                task_spec.name, len(test), len(pool), list(study.sizes), list(study.arms), list(study.seeds))
+    progress = Progress(_step_count(study))
+    rows = []
+    for seed in study.seeds:
+        order = random.Random(seed).sample(pool, len(pool))
+        checkpoints = {name: pretrain(study, name, seed, pool, progress) for name in _pretrainings_needed(study)}
+        for n in study.sizes:
+            for arm in study.arms:
+                rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
+    return rows
+
+
+def _check_arms(task: TaskSpec, arms: Sequence[str] | None) -> tuple[str, ...]:
+    chosen = tuple(task.arms) if not arms else tuple(dict.fromkeys(arms))
+    unknown = [a for a in chosen if a not in task.arms]
+    if unknown:
+        raise InputError(f"unknown arm(s) {', '.join(unknown)} for task {task.name} (arms: {', '.join(task.arms)})")
+    return chosen
+
+
+def _pretrainings_needed(study: Study) -> list[str]:
+    inits = [study.task.arms[arm].init for arm in study.arms]
+    return list(dict.fromkeys(name for name in inits if name is not None))
+
+
+def _check_pretrain_data(study: Study) -> None:
+    needs = [n for n in _pretrainings_needed(study) if study.task.pretrainings[n].data == "pretrain_data"]
+    if needs and study.pretrain_data is None:
+        raise InputError(f"the pretraining {needs[0]!r} of {study.bundle} trains on a separate data set: "
+                         "pass --pretrain-data DIR")
+
+
+def labelled_items(study: Study) -> list[str]:
+    """Names of the labelled items the fine-tuning config finds in the data folder (its `datalist`)."""
+    overrides = {**study.task.overrides, **study.task.finetune.overrides, "dataset_dir": str(study.data)}
+    entries = parse_config_value(study.bundle, study.task.finetune.config, "datalist", quick=study.quick, **overrides)
+    names = sorted({str(entry["name"]) for entry in entries})
+    if len(names) < 2:
+        raise InputError(f"a study needs at least 2 labelled {study.task.units} (one to test), found {len(names)}",
+                         study.data)
+    return names
+
+
+def split_items(names: list[str], n_test: int | None, split_seed: int, data: Path) -> tuple[list[str], list[str]]:
+    """(test items, training pool): a fixed test set (default 20%, at least 1) drawn with `split_seed`."""
+    shuffled = random.Random(split_seed).sample(names, len(names))
+    n_test = max(1, len(names) // 5) if n_test is None else int(n_test)
+    if not 0 < n_test < len(names):
+        raise InputError(f"need 1 <= n_test < {len(names)} (the labelled items found), got {n_test}", data)
+    return sorted(shuffled[:n_test]), shuffled[n_test:]
+
+
+def _check_manifest(study: Study, test: list[str]) -> None:
+    """Refuse to resume into a folder that holds a study with another data set, test split or size setting."""
+    manifest = {"bundle": study.bundle, "task": study.task.name, "data": str(study.data), "test_items": test,
+                "quick": study.quick, "pretrain_data": None if study.pretrain_data is None else str(study.pretrain_data)}
+    path = study.out / MANIFEST
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+        if changed:
+            raise InputError(f"this folder holds a study with other settings ({', '.join(changed)}); "
+                             "use another --out or remove it", path.parent)
+    else:
+        _write_json(path, manifest)
+
+
+def _step_count(study: Study) -> int:
+    return len(study.seeds) * (len(_pretrainings_needed(study)) + len(study.sizes) * len(study.arms))
+
+
+class Progress:
+    """`[k/N] what` lines on stderr, one per study step (each step is a whole training or evaluation)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def step(self, what: str, skipped: bool = False) -> None:
+        self.done += 1
+        suffix = " (done before, skipped)" if skipped else ""
+        print(f"[{self.done}/{self.total}] {what}{suffix}", file=sys.stderr, flush=True)
+
+
+def _overrides(study: Study, kind: str, step_overrides: dict, *extra: dict) -> dict:
+    """Task, step, --quick and arm overrides, then the run's own (later ones win); placeholders filled."""
+    merged = {**study.task.overrides, **step_overrides, **study.quick_overrides.get(kind, {})}
+    for more in extra:
+        merged.update(more)
+    fill = {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)}
+    return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
+
+
+def pretrain(study: Study, name: str, seed: int, pool: list[str], progress: Progress) -> Path:
+    """Run the pretraining `name` for `seed` (once: later calls find its marker); returns its model.pt."""
+    step: Pretraining = study.task.pretrainings[name]
+    folder = study.out / f"seed{seed}" / f"pretrain_{name}"
+    what = f"seed {seed}: pretraining '{name}' ({step.config})"
+    if (folder / DONE).is_file():
+        progress.step(what, skipped=True)
+        return folder / "model.pt"
+    progress.step(what)
+    data = {"dataset_dir": str(study.data), "train_items": pool, "val_items": pool} if step.data == "pool" else \
+        {"dataset_dir": str(study.pretrain_data)}
+    run = {**data, "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
+    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, run))
+    _require(folder / "model.pt", what)
+    _write_json(folder / DONE, {"pretraining": name, "seed": seed, "items": len(pool) if step.data == "pool" else None})
+    return folder / "model.pt"
+
+
+def run_cell(study: Study, arm: str, n: int, seed: int, train: list[str], test: list[str],
+             checkpoints: dict[str, Path], progress: Progress) -> list[dict]:
+    """Fine-tune arm `arm` on `train` and score it on `test`; returns its rows (read back when done before)."""
+    folder = study.out / f"seed{seed}" / arm / f"n{n}"
+    what = f"seed {seed}: arm '{arm}', N={n}"
+    if (folder / RESULT).is_file():
+        progress.step(what, skipped=True)
+        return json.loads((folder / RESULT).read_text())["rows"]
+    progress.step(what)
+    spec = study.task.arms[arm]
+    init = None if spec.init is None else str(checkpoints[spec.init])
+    # model selection on the training items themselves: with N = 1 there is no labelled item to spare
+    run = {"dataset_dir": str(study.data), "train_items": train, "val_items": train, "init_ckpt": init,
+           "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
+    step = study.task.finetune
+    run_config(study.bundle, step.config, quick=study.quick,
+               **_overrides(study, "finetune", step.overrides, spec.overrides, run))
+    _require(folder / "model.pt", what)
+    metrics = evaluate(study, folder / "model.pt", test, folder / "eval")
+    rows = [{"bundle": study.bundle, "task": study.task.name, "arm": arm, "n": n, "seed": seed, "metric": name,
+             "value": value} for name, value in metrics.items()]
+    _write_json(folder / RESULT, {"init_ckpt": init, "train_items": train, "rows": rows})
+    logger.info("%s: %s = %.4f", what, study.task.metric, metrics[study.task.metric])
+    return rows
+
+
+def evaluate(study: Study, checkpoint: Path, test: list[str], out: Path) -> dict[str, float]:
+    """Run the evaluation config on the test items; returns the numeric entries of its metrics.json."""
+    step = study.task.evaluate
+    run = {"dataset_dir": str(study.data), "eval_items": test, "checkpoints": [str(checkpoint)], "output_dir": str(out)}
+    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "evaluate", step.overrides, run))
+    report = json.loads(_require(out / "metrics.json", "evaluation").read_text())
+    metrics = {k: v for k, v in report.items() if isinstance(v, float)}  # scores, not counts or settings
+    if study.task.metric not in metrics:
+        raise InputError(f"the evaluation wrote no {study.task.metric!r} (found: {', '.join(metrics)})", out)
+    return metrics
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise RuntimeError(f"{what} finished without writing {path}")
+    return path
+
+
+def _write_json(path: Path, content: dict) -> None:
+    """Write JSON atomically: a marker is either complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,169 @@
+"""The study engine (cellzoo.studies): its mechanics with recorded runs, its report, and one real tiny study.
+
+The mechanics tests replace the bundle runs by a recorder that writes what a run would write (model.pt,
+metrics.json), so they check exactly which configs run with which overrides: pretraining once per seed,
+each arm initialised from the weights it names, nested training sets, a fixed test set, resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cellzoo.cli import main
+from cellzoo.errors import InputError
+from cellzoo.studies import engine, load_study, markdown_table, run_study, summarise, write_report
+from cellzoo.synthetic import synthesize
+
+
+class Recorder:
+    """Stands in for cellzoo.bundles.run_config: records each run and writes its outputs."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls: list[tuple[str, dict]] = []
+        self.fail_at = fail_at
+
+    def __call__(self, bundle: str, config: str, quick: bool = False, **overrides) -> None:
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt("killed")
+        self.calls.append((config, overrides))
+        if "checkpoints" in overrides:  # an evaluation: a score that encodes its checkpoint's training
+            trained = json.loads(Path(overrides["checkpoints"][0]).read_text())
+            score = 0.1 * len(trained["train_items"]) + (0.5 if trained["init_ckpt"] else 0.0)
+            Path(overrides["output_dir"]).mkdir(parents=True, exist_ok=True)
+            Path(overrides["output_dir"], "metrics.json").write_text(json.dumps({"iou": score, "dice": 1.0, "n": 3}))
+        else:  # a training: its "weights" are a record of what it trained on and from
+            Path(overrides["ckpt_dir"]).mkdir(parents=True, exist_ok=True)
+            record = {"train_items": overrides.get("train_items"), "init_ckpt": overrides.get("init_ckpt")}
+            Path(overrides["ckpt_dir"], "model.pt").write_text(json.dumps(record))
+
+    def of(self, config: str) -> list[dict]:
+        return [overrides for name, overrides in self.calls if name == config]
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory) -> Path:
+    return synthesize("isl", 7, tmp_path_factory.mktemp("study") / "fields", seed=0, size=(64, 64))
+
+
+def study(fields: Path, out: Path, **options) -> list[dict]:
+    args = dict(bundle="isl_segmentation", data=fields, sizes=[1, 2, 4], seeds=[0, 1], task="nuclei", out=out,
+                n_test=2)
+    return run_study(**{**args, **options})
+
+
+def test_each_arm_starts_from_the_weights_it_names(fields, tmp_path, monkeypatch, capsys):
+    recorder = Recorder()
+    monkeypatch.setattr(engine, "run_config", recorder)
+    rows = study(fields, tmp_path)
+    pretrain, train, evaluate = recorder.of("pretrain"), recorder.of("train"), recorder.of("evaluate")
+    assert len(pretrain) == 2  # once per seed, not once per N
+    assert len(train) == len(evaluate) == 2 * 3 * 2  # seeds x sizes x arms
+    tests = {tuple(e["eval_items"]) for e in evaluate}
+    assert len(tests) == 1  # one fixed test set for every seed, arm and size
+    test = set(next(iter(tests)))
+    assert len(test) == 2
+    for pre in pretrain:  # the pretext trains on every non-test field (it needs no labels)
+        assert set(pre["train_items"]) == set(pre["val_items"]) and not set(pre["train_items"]) & test
+        assert len(pre["train_items"]) == 5 and pre["target_channel"] == "DAPI"
+    for seed, pre in zip((0, 1), pretrain):
+        runs = [t for t in train if t["seed"] == seed]
+        for t in runs:
+            expected = None if "scratch" in t["ckpt_dir"] else str(Path(pre["ckpt_dir"]) / "model.pt")
+            assert t["init_ckpt"] == expected
+            assert t["val_items"] == t["train_items"] and not set(t["train_items"]) & test
+            assert t["samples_per_epoch"] == 200  # study.yaml: the same iterations for every N
+        by_n = {len(t["train_items"]): t["train_items"] for t in runs}
+        assert sorted(by_n) == [1, 2, 4] and by_n[4][:2] == by_n[2] and by_n[2][:1] == by_n[1]  # nested
+    assert [t["train_items"] for t in train if t["seed"] == 0] != [t["train_items"] for t in train if t["seed"] == 1]
+    # the rows carry the evaluations' floats (not the count "n"), with the score each run earned
+    assert {r["metric"] for r in rows} == {"iou", "dice"} and len(rows) == 24
+    ious = {(r["arm"], r["n"], r["seed"]): r["value"] for r in rows if r["metric"] == "iou"}
+    assert ious[("scratch", 4, 1)] == pytest.approx(0.4) and ious[("pretrained", 2, 0)] == pytest.approx(0.7)
+    assert "[14/14] seed 1: arm 'pretrained', N=4" in capsys.readouterr().err
+
+
+def test_an_interrupted_study_resumes_where_it_stopped(fields, tmp_path, monkeypatch):
+    killed = Recorder(fail_at=5)  # pretrain, then (train, evaluate) x 2, then killed during the next training
+    monkeypatch.setattr(engine, "run_config", killed)
+    with pytest.raises(KeyboardInterrupt):
+        study(fields, tmp_path)
+    resumed = Recorder()
+    monkeypatch.setattr(engine, "run_config", resumed)
+    rows = study(fields, tmp_path)
+    assert len(resumed.of("pretrain")) == 1  # seed 0's pretraining was done; only seed 1's runs
+    assert len(resumed.of("train")) == 12 - 2 and len(rows) == 24
+    again = Recorder()
+    monkeypatch.setattr(engine, "run_config", again)
+    assert study(fields, tmp_path) == rows and again.calls == []  # everything done: nothing runs
+
+
+def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "run_config", Recorder())
+    with pytest.raises(InputError, match="--sizes must lie in 1..5"):
+        study(fields, tmp_path / "a", sizes=[1, 6])
+    with pytest.raises(InputError, match="unknown arm.*arms: scratch, pretrained"):
+        study(fields, tmp_path / "b", arms=["imagenet"])
+    study(fields, tmp_path / "c", sizes=[1], seeds=[0])
+    with pytest.raises(InputError, match="holds a study with other settings \\(test_items\\)"):
+        study(fields, tmp_path / "c", sizes=[1], seeds=[0], n_test=3)
+    with pytest.raises(InputError, match="pass --pretrain-data"):
+        run_study("mediar_cellseg", fields, [1], out=tmp_path / "d")
+
+
+def test_every_bundle_declares_a_valid_study():
+    import bundle_cli
+
+    for bundle in bundle_cli.bundles():
+        spec = load_study(bundle)
+        for task in spec.tasks.values():
+            configs = {task.finetune.config, task.evaluate.config} | {p.config for p in task.pretrainings.values()}
+            assert configs <= {p.stem for p in bundle_cli.bundle_path(bundle).glob("configs/*.yaml")}, bundle
+            assert task.finetune.config in bundle_cli.train_configs(bundle), bundle
+            assert "scratch" in task.arms and all(a.init is None or a.init in task.pretrainings
+                                                  for a in task.arms.values()), bundle
+
+
+def test_report_tables_and_plot(tmp_path):
+    rows = [{"bundle": "b", "task": "t", "arm": arm, "n": n, "seed": seed, "metric": "f1", "value": value}
+            for arm, n, seed, value in [("scratch", 1, 0, 0.2), ("scratch", 1, 1, 0.4), ("pretrained", 1, 0, 0.5),
+                                        ("pretrained", 1, 1, 0.7), ("scratch", 4, 0, 0.6), ("pretrained", 4, 0, 0.6)]]
+    summary = summarise(rows, "f1")
+    assert summary[("scratch", 1)] == pytest.approx((0.3, 0.1414214, 2))
+    assert summary[("pretrained", 4)] == (0.6, 0.0, 1)
+    table = markdown_table(rows, "f1")
+    assert "| 1 | 0.300 ± 0.141 | **0.600 ± 0.141** |" in table
+    assert "| 4 | 0.600 ± 0.000 | 0.600 ± 0.000 |" in table  # a tie: no bold
+    files = write_report(rows, "f1", tmp_path, "b_t")
+    with open(files["csv"]) as handle:
+        assert list(csv.DictReader(handle))[2] == {"bundle": "b", "task": "t", "arm": "pretrained", "n": "1",
+                                                    "seed": "0", "metric": "f1", "value": "0.5"}
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files["plot"].stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_a_real_tiny_study_and_its_command(fields, tmp_path, monkeypatch, capsys):
+    """ISL nuclei through the bundle's own configs, then `cellzoo study` on the same folder (all resumed)."""
+    spec = load_study("isl_segmentation")
+    tiny = {"pretrain": {"max_epochs": 1, "samples_per_epoch": 8},
+            "finetune": {"max_epochs": 1, "samples_per_epoch": 8}, "evaluate": {"crops_per_image": 1}}
+    monkeypatch.setattr(engine, "load_study", lambda bundle: type(spec)(spec.bundle, spec.tasks, tiny, spec.data))
+    rows = study(fields, tmp_path, sizes=[1], seeds=[0], quick=True)
+    assert sorted((r["arm"], r["metric"]) for r in rows) == [("pretrained", "dice"), ("pretrained", "iou"),
+                                                              ("scratch", "dice"), ("scratch", "iou")]
+    folder = tmp_path / "nuclei" / "seed0"
+    pretrained = json.loads((folder / "pretrained" / "n1" / "result.json").read_text())
+    assert pretrained["init_ckpt"] == str(folder / "pretrain_pretext" / "model.pt")
+    for arm in ("scratch", "pretrained"):
+        metrics = json.loads((folder / arm / "n1" / "eval" / "metrics.json").read_text())
+        assert metrics["n_fields"] == 2 and metrics["crops_per_image"] == 1
+        assert [r["value"] for r in rows if r["arm"] == arm and r["metric"] == "iou"] == [metrics["iou"]]
+
+    main(["study", "isl_segmentation", "--data", str(fields), "--sizes", "1", "--seeds", "0", "--task", "nuclei",
+          "--out", str(tmp_path), "--n-test", "2", "--quick"])
+    out = capsys.readouterr()
+    assert "(done before, skipped)" in out.err and "| N | scratch (iou) | pretrained (iou) |" in out.out
+    assert (tmp_path / "nuclei" / "isl_segmentation_nuclei.png").is_file()

@@ -1,7 +1,9 @@
 """The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, package, install, demo.
 
-Bad input ends in one line on stderr naming the file and the problem, and exit code 2;
-`--debug` shows the traceback instead.
+Bad input (a file, a value, an output that cannot be written) ends in one line on stderr naming the file
+and the problem, and exit code 2; `--debug` shows the traceback instead. Every value reaches a bundle
+config as data (cellzoo.bundles.run_config), never as config code. Commands refuse to replace results
+already on disk unless given `--overwrite`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,45 @@ from pathlib import Path
 
 import fire
 
-from cellzoo.errors import InputError
+from cellzoo.errors import InputError, user_error_message
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+# the folders `cellzoo predict` writes into its output folder
+PREDICTION_FOLDERS = ("labels", "measurements", "overlays")
 
 
-def _print_json(result: dict, out: str | None = None) -> None:
+def _print_json(result: dict, out: str | None = None, overwrite: bool = False) -> None:
     text = json.dumps(result, indent=2, sort_keys=False)
-    print(text)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        from cellzoo.io import write_text
+
+        write_text(_output_file(out, overwrite, "--json"), text + "\n")
+    print(text)
+
+
+def _output_file(path, overwrite: bool, option: str) -> Path:
+    """A file a command may write: not a folder, and not an existing file unless --overwrite."""
+    path = Path(_path(path, option))
+    if path.is_dir():
+        raise InputError(f"{option} names a folder; give a file name", path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{option} exists; pass --overwrite to replace it", path)
+    return path
+
+
+def _number(value, option: str, kind=float, minimum=None, maximum=None, exclusive: bool = False):
+    """A number option checked for type and range ([minimum, maximum], or open with `exclusive`)."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{option} must be a number, got {value!r}") from err
+    low_bad = minimum is not None and (number <= minimum if exclusive else number < minimum)
+    high_bad = maximum is not None and (number >= maximum if exclusive else number > maximum)
+    if low_bad or high_bad:
+        bounds = f"({minimum}, {maximum})" if exclusive else f"[{minimum}, {maximum}]"
+        raise InputError(f"{option} must lie in {bounds.replace('None', '...')}, got {value!r}")
+    return number
 
 
 def _parse_size(size) -> tuple[int, int]:
@@ -38,6 +68,45 @@ def _parse_size(size) -> tuple[int, int]:
     if len(values) != 2 or min(values) < 16:
         raise InputError(f"--size must be two integers >= 16 (H,W), got {size!r}")
     return values
+
+
+def _check_prediction_folder(output: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds earlier predictions, unless --overwrite."""
+    if output.exists() and not output.is_dir():
+        raise InputError("--output is a file, not a folder", output)
+    earlier = sorted(p for name in PREDICTION_FOLDERS for p in (output / name).glob("*") if p.is_file())
+    if earlier and not overwrite:
+        raise InputError(f"the output folder already holds {len(earlier)} prediction file(s) (e.g. "
+                         f"{earlier[0].relative_to(output)}); pass --overwrite to replace them or choose another "
+                         "--output", output)
+
+
+def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool) -> None:
+    """Every checkpoint must fit the inference network; a quick/paper-scale mix-up gets a hint."""
+    from cellzoo.bundles import parse_config_value
+    from cellzoo.engines import load_weights
+
+    network = parse_config_value(bundle, "inference", "network_def", quick=quick)
+    for path in checkpoints:
+        try:
+            load_weights(network, path)
+        except InputError as err:
+            if "does not fit the network" in err.problem and _fits(bundle, path, not quick):
+                hint = "add --quick (it fits the quick network)" if not quick else "drop --quick (it fits the " \
+                       "paper-scale network)"
+                raise InputError(f"{err.problem}; {hint}", path) from err
+            raise
+
+
+def _fits(bundle: str, path: str, quick: bool) -> bool:
+    from cellzoo.bundles import parse_config_value
+    from cellzoo.engines import load_weights
+
+    try:
+        load_weights(parse_config_value(bundle, "inference", "network_def", quick=quick), path)
+    except InputError:
+        return False
+    return True
 
 
 def _items(value) -> list:
@@ -76,18 +145,24 @@ def _checkpoint_list(checkpoint) -> list[str]:
 class Evaluate:
     """Score predictions against ground truth; prints one JSON object."""
 
-    def instance(self, pred: str, gt: str, iou: float = 0.5, json: str | None = None, border: int = 0):
+    def instance(self, pred: str, gt: str, iou: float = 0.5, json: str | None = None, border: int = 0,
+                 overwrite: bool = False):
         """Instance F1/precision/recall at --iou and AP at IoU 0.5..0.95 for label images matched by stem.
 
-        --border N ignores cells within N px of the image border (NeurIPS CellSeg uses 2).
+        --border N ignores cells within N px of the image border (NeurIPS CellSeg uses 2). --json FILE also
+        writes the report (--overwrite to replace an existing one).
         """
         from cellzoo.metrics.folders import evaluate_instance_folders
 
-        if not 0.0 < float(iou) < 1.0:
-            raise InputError(f"--iou must lie in (0, 1), got {iou}")
-        _print_json(evaluate_instance_folders(str(pred), str(gt), iou=float(iou), border_margin=int(border)), json)
+        iou = _number(iou, "--iou", float, 0.0, 1.0, exclusive=True)
+        border = _number(border, "--border", int, minimum=0)
+        if json:
+            _output_file(json, overwrite, "--json")  # refused before the work, not after
+        _print_json(evaluate_instance_folders(_path(pred, "--pred"), _path(gt, "--gt"), iou=iou, border_margin=border),
+                    json, overwrite)
 
-    def coco(self, pred: str, gt: str, iou_type: str = "segm", protocol: str = "coco", json: str | None = None):
+    def coco(self, pred: str, gt: str, iou_type: str = "segm", protocol: str = "coco", json: str | None = None,
+             overwrite: bool = False):
         """COCO AP, AP50, AP75, APs, APm, APl (protocol coco or livecell) through pycocotools."""
         from cellzoo.metrics.folders import evaluate_coco_files
 
@@ -95,13 +170,19 @@ class Evaluate:
             raise InputError(f"--iou-type must be segm or bbox, got {iou_type!r}")
         if protocol not in ("coco", "livecell"):
             raise InputError(f"--protocol must be coco or livecell, got {protocol!r}")
-        _print_json(evaluate_coco_files(str(pred), str(gt), iou_type=iou_type, protocol=protocol), json)
+        if json:
+            _output_file(json, overwrite, "--json")
+        _print_json(evaluate_coco_files(_path(pred, "--pred"), _path(gt, "--gt"), iou_type=iou_type,
+                                        protocol=protocol), json, overwrite)
 
-    def image(self, pred: str, gt: str, json: str | None = None, normalize: bool = True):
+    def image(self, pred: str, gt: str, json: str | None = None, normalize: bool = True, overwrite: bool = False):
         """MAE, MSE, PSNR, SSIM, Pearson, Euclidean and cosine distance after (2, 99.8) percentile normalisation."""
         from cellzoo.metrics.folders import evaluate_image_folders
 
-        _print_json(evaluate_image_folders(str(pred), str(gt), normalize=bool(normalize)), json)
+        if json:
+            _output_file(json, overwrite, "--json")
+        _print_json(evaluate_image_folders(_path(pred, "--pred"), _path(gt, "--gt"), normalize=bool(normalize)), json,
+                    overwrite)
 
 
 class CellzooCLI:
@@ -139,19 +220,22 @@ class CellzooCLI:
         path = synthesize(layout, int(n), str(out), seed=int(seed), size=_parse_size(size), **options)
         print(f"wrote {layout} layout with n={n} (seed {seed}) to {path}")
 
-    def measure(self, image: str, labels: str, out: str):
+    def measure(self, image: str, labels: str, out: str, overwrite: bool = False):
         """Per-cell measurements (centroid, area, bbox, shape, mean intensity per channel) as CSV."""
         from cellzoo.postprocess.measure import measure_files
 
-        rows = measure_files(str(image), str(labels), str(out))
+        out = _output_file(out, overwrite, "--out")
+        rows = measure_files(_path(image, "--image"), _path(labels, "--labels"), out)
         print(f"measured {len(rows)} cells -> {out}")
 
-    def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False):
+    def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False,
+                overwrite: bool = False):
         """Run a bundle's inference config on a folder of images with trained weights.
 
         --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. No
         bundle ships weights: train one (docs/own_data.md) or pass downloaded ones. --quick matches
-        checkpoints trained with quick.yaml.
+        checkpoints trained with quick.yaml. An output folder that already holds predictions is refused
+        unless --overwrite (which replaces the files of the same names).
         """
         from cellzoo.bundles import run_config
 
@@ -160,9 +244,11 @@ class CellzooCLI:
             raise InputError("--checkpoint is required: no bundle ships trained weights (see docs/own_data.md)")
         for path in checkpoints:
             if not Path(path).is_file():
-                raise InputError("checkpoint not found (train the bundle first or pass --checkpoint)", path)
-        if not Path(str(input)).is_dir():
+                raise InputError("checkpoint not found" if not Path(path).exists() else "checkpoint is not a file", path)
+        if not Path(_path(input, "--input")).is_dir():
             raise InputError("input folder not found", input)
+        _check_prediction_folder(Path(_path(output, "--output")), bool(overwrite))
+        _check_checkpoints_fit(bundle, checkpoints, bool(quick))
         run_config(bundle, "inference", quick=bool(quick), input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
@@ -235,10 +321,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         fire.Fire(CellzooCLI, command=argv, name="cellzoo")
-    except (InputError, FileNotFoundError, PermissionError) as err:
+    except KeyboardInterrupt:
         if debug:
             raise
-        print(f"cellzoo: error: {err}", file=sys.stderr)
+        print("cellzoo: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as err:  # noqa: BLE001 - bad input and unwritable outputs get one line, bugs a traceback
+        message = user_error_message(err)
+        if debug or message is None:
+            raise
+        print(f"cellzoo: error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 

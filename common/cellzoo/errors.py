@@ -1,8 +1,12 @@
-"""Errors raised on bad user input; the CLI prints them as one line and exits non-zero."""
+"""Errors raised on bad user input, and how they reach the user: one line, naming the file and the problem."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+
+DEBUG_VARIABLE = "CELLZOO_DEBUG"  # set to 1 for full tracebacks instead of the one-line report
 
 
 class InputError(ValueError):
@@ -12,3 +16,39 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def user_error_message(error: BaseException | None) -> str | None:
+    """One line for an error the user can fix, else None: an InputError, or an OS error on a named file
+    (an output that cannot be written), found in `error` or in what it was raised from (MONAI wraps errors
+    of configs and transforms in RuntimeErrors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return str(error)
+        if isinstance(error, OSError) and error.filename:
+            return f"{error.filename}: {error.strerror or error}"
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def brief_input_errors() -> None:
+    """Make an uncaught error caused by bad input print as one line instead of a traceback.
+
+    For `python -m monai.bundle run`, where no cellzoo command catches errors: the bundles' configs call
+    this first in `initialize`. Other errors keep their traceback, and CELLZOO_DEBUG=1 shows it for all.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "cellzoo_brief", False):
+        return
+
+    def hook(kind, value, traceback):
+        message = user_error_message(value)
+        if message is None or os.environ.get(DEBUG_VARIABLE):
+            previous(kind, value, traceback)
+            return
+        print(f"error: {message} (set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+
+    hook.cellzoo_brief = True
+    sys.excepthook = hook

@@ -15,6 +15,7 @@ from cellzoo.io.files import (
 from cellzoo.io.images import (
     AXES_LETTERS,
     check_axes,
+    image_size,
     read_image,
     to_channel_first,
     write_image,
@@ -33,7 +34,14 @@ from cellzoo.io.layouts import (
     read_lightmycells,
     select_channels,
 )
-from cellzoo.io.validate import check_dir, check_finite, check_label_image, check_same_shape, read_labels
+from cellzoo.io.validate import (
+    check_dir,
+    check_finite,
+    check_label_image,
+    check_same_shape,
+    check_training_items,
+    read_labels,
+)
 
 __all__ = [
     "AXES_LETTERS",
@@ -45,8 +53,10 @@ __all__ = [
     "check_finite",
     "check_label_image",
     "check_same_shape",
+    "check_training_items",
     "coco_to_label_image",
     "file_stem",
+    "image_size",
     "image_suffix",
     "isl_datalist",
     "label_image_to_coco",

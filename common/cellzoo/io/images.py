@@ -61,6 +61,36 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[np.ndarray, s
     return array, found
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header, without decoding its pixels; None when the header does not say.
+
+    For checks over a whole data set before training (an image and its labels must have one size), where
+    reading every image twice would double the start-up time.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    try:
+        if suffix in OME_SUFFIXES or suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape, axes = tif.series[0].shape, tif.series[0].axes
+            return (shape[axes.index("Y")], shape[axes.index("X")]) if "Y" in axes and "X" in axes else None
+        if suffix in RASTER_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return image.height, image.width
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel
+
+            shape = nibabel.load(str(path)).shape  # x, y, ...
+            return (shape[1], shape[0]) if len(shape) >= 2 else None
+    except Exception:  # unreadable headers are reported by the full read, with its own message
+        return None
+    return None
+
+
 def _reader_for(path: Path) -> Callable[[Path], tuple[np.ndarray, str | None]]:
     suffix = image_suffix(path)
     if suffix in OME_SUFFIXES or suffix in TIFF_SUFFIXES:

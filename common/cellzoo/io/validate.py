@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo.errors import InputError
-from cellzoo.io.images import read_image
+from cellzoo.io.images import image_size, read_image
 
 
 def check_dir(path: str | Path) -> Path:
@@ -80,3 +80,25 @@ def read_labels(path: str | Path, axes: str | None = None, allow_empty: bool = F
     if "T" in found or "C" in found:
         raise InputError(f"label image must be YX or ZYX, got axes '{found}' with shape {array.shape}", path)
     return check_label_image(array, path, allow_empty=allow_empty)
+
+
+def check_training_items(entries: list[dict], source: str | Path, keys: tuple[str, ...] = ("image", "label"),
+                         what: str = "labelled items to train on") -> list[dict]:
+    """The entries that have every key in `keys`, after checking that their files share one image size.
+
+    Run when a bundle builds its datalist, so a missing label set or a label of another size than its
+    image stops the run before any training step, naming the files. Sizes come from file headers
+    (`image_size`); a file whose header does not say is checked when it is read.
+    """
+    usable = [entry for entry in entries if all(key in entry for key in keys)]
+    if not usable:
+        raise InputError(f"no {what}: none of the {len(entries)} item(s) found has "
+                         f"{' and '.join(repr(k) for k in keys[1:])} files", source)
+    for entry in usable:
+        files = [path for key in keys for path in ([entry[key]] if isinstance(entry[key], (str, Path)) else entry[key])]
+        sizes = {path: image_size(path) for path in files}
+        known = {size for size in sizes.values() if size is not None}
+        if len(known) > 1:
+            listing = ", ".join(f"{Path(p).name} {s[0]}x{s[1]}" for p, s in sizes.items() if s is not None)
+            raise InputError(f"the files of one item differ in size ({listing})", files[0])
+    return usable

@@ -2,75 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
 from monai.config import NdarrayOrTensor
-from monai.data import ImageReader
-from monai.data.utils import is_supported_format
 from monai.transforms import MapTransform
 from monai.transforms.utils_pytorch_numpy_unification import concatenate, repeat
-from monai.utils import ensure_tuple
 
 from cellzoo.errors import InputError
-from cellzoo.io.files import RASTER_SUFFIXES, TIFF_SUFFIXES
 from cellzoo.io.images import read_image, to_channel_first
+from cellzoo.io.validate import check_finite, check_label_image
 
-__all__ = ["CellImageReader", "LoadPlanesd", "as_cyx", "to_three_channels"]
+__all__ = ["LoadImagesd", "as_cyx", "read_channels", "to_three_channels"]
 
 
-def as_cyx(array: np.ndarray, axes: str) -> np.ndarray:
+def as_cyx(array: np.ndarray, axes: str, path: str | Path | None = None) -> np.ndarray:
     """A 2D image with its axes string (YX, YXC, CYX) as a channel-first (C, H, W) array, dtype kept."""
     # A 4th interleaved sample (YXC, e.g. RGBA png) is alpha; planar CYX channels are data and kept.
     array, found = to_channel_first(array, axes, dtype=None, drop_alpha=axes.endswith("C"))
     if found != "CYX":
-        raise InputError(f"expected a 2D image (optionally with channels), got axes '{found}'")
+        raise InputError(f"expected a 2D image (optionally with channels), got axes '{found}' with shape "
+                         f"{array.shape}", path)
     return array
 
 
-class CellImageReader(ImageReader):
-    """MONAI reader for 2D tif/png/bmp/jpg through cellzoo.io.images; yields (C, H, W), alpha dropped.
+def read_channels(path: str | Path, labels: bool = False) -> np.ndarray:
+    """One 2D image file as (C, H, W), through cellzoo's reader and its checks; errors name the file.
 
-    MONAI's PILReader transposes 2D images and fails on many 16/32-bit TIFFs, and ITKReader is an
-    extra dependency, so this thin adapter reuses cellzoo's own reader.
+    Ambiguous axes (e.g. a multi-page TIFF without axes metadata) and 3D stacks are refused, as are NaN or
+    inf pixels; with `labels`, the file must be an integer label image (it may hold no cell).
+    """
+    array, axes = read_image(path)
+    if labels:
+        return check_label_image(as_cyx(array, axes, path), path, ndim=(3,), allow_empty=True)
+    return check_finite(as_cyx(array, axes, path), path)
+
+
+class LoadImagesd(MapTransform):
+    """Read the file (or list of files) under each key, stacking the planes as channels: (C, H, W) `dtype`.
+
+    Every bundle pipeline reads images through this transform, never through MONAI's LoadImaged, whose
+    fallback readers would take a file cellzoo's reader refused (a multi-page TIFF of unknown axes read
+    as 2D) and whose errors do not always name the file. Planes in separate files (focal planes,
+    modalities) must share one size. `labels=True` reads integer label images (see `read_channels`).
     """
 
-    suffixes = tuple(s.lstrip(".") for s in TIFF_SUFFIXES + RASTER_SUFFIXES)
-
-    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        """True for a single tif/tiff/png/bmp/jpg path."""
-        return is_supported_format(filename, list(self.suffixes))
-
-    def read(self, data: Sequence[str | Path] | str | Path, **kwargs: object) -> tuple[np.ndarray, str]:
-        """Read one file into (array, axes)."""
-        names = ensure_tuple(data)
-        if len(names) != 1:
-            raise InputError(f"CellImageReader reads one file at a time, got {len(names)}")
-        return read_image(names[0])
-
-    def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
-        """Channel-first array and the metadata MONAI needs (channel dim 0)."""
-        array = as_cyx(*img)
-        return array, {"spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
-
-
-class LoadPlanesd(MapTransform):
-    """Read the file (or list of files) under each key and stack the planes as channels: (C, H, W) float32.
-
-    Planes come from separate files (one per focal plane or modality), which MONAI's LoadImaged would read
-    through a reader per file; cellzoo's reader keeps the axes handling of the rest of the package.
-    """
+    def __init__(self, keys, dtype=np.float32, labels: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.dtype, self.labels = dtype, labels
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             paths = [d[key]] if isinstance(d[key], (str, Path)) else list(d[key])
-            planes = [as_cyx(*read_image(path)) for path in paths]
+            planes = [read_channels(path, self.labels) for path in paths]
             shapes = {plane.shape[1:] for plane in planes}
             if len(shapes) != 1:
-                raise InputError(f"the planes of one field differ in size: {sorted(shapes)}", paths[0])
-            d[key] = np.concatenate(planes).astype(np.float32)
+                raise InputError(f"the planes of one item differ in size: {sorted(shapes)}", paths[0])
+            d[key] = np.concatenate(planes).astype(self.dtype)
         return d
 
 

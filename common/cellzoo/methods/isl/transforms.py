@@ -29,7 +29,7 @@ from cellzoo.methods.isl.network import TASKS
 from cellzoo.methods.isl.postprocess import DistanceToInstancesd, ProbabilityToInstancesd
 from cellzoo.postprocess.transforms import SaveCellOutputsd, SaveFluorescenced
 from cellzoo.targets.distance import LabelsToDistanced
-from cellzoo.transforms.loading import LoadPlanesd, to_three_channels
+from cellzoo.transforms.loading import LoadImagesd, to_three_channels
 
 # percentile scaling of inputs and fluorescence targets, per channel (robust to hot pixels and background)
 PERCENTILES = (1.0, 99.8)
@@ -52,12 +52,12 @@ def _scale(keys: KeysCollection) -> ScaleIntensityRangePercentilesd:
 
 def _load(task: str, with_labels: bool) -> list:
     """Load the input planes (3 channels, scaled) and, with labels, the task's target."""
-    chain = [LoadPlanesd("image"), Lambdad("image", to_three_channels), _scale("image")]
+    chain = [LoadImagesd("image"), Lambdad("image", to_three_channels), _scale("image")]
     if not with_labels:
         return chain
     if task == "fluorescence":
-        return chain + [LoadPlanesd("target"), _scale("target")]
-    chain += [LoadPlanesd("label"), CastToTyped("label", dtype=np.int32)]
+        return chain + [LoadImagesd("target"), _scale("target")]
+    chain += [LoadImagesd("label", dtype=np.int32, labels=True), CastToTyped("label", dtype=np.int32)]
     if task == "nuclei":
         # the instance labels are only the source of the mask: dropped so crops and batches stay aligned
         return chain + [Lambdad("label", foreground, overwrite="target"), DeleteItemsd("label")]
@@ -109,7 +109,7 @@ def isl_valid_transforms(task: str, crops_per_image: int = 0, crop_size: int = 5
 def isl_predict_transforms(raw_key: str | None = "raw") -> Compose:
     """Input planes only; with `raw_key`, the planes as read are kept for measurements and overlays."""
     keep = [CopyItemsd("image", names=raw_key)] if raw_key else []
-    return Compose([LoadPlanesd("image")] + keep + [Lambdad("image", to_three_channels), _scale("image"),
+    return Compose([LoadImagesd("image")] + keep + [Lambdad("image", to_three_channels), _scale("image"),
                                                    EnsureTyped("image", track_meta=False)])
 
 

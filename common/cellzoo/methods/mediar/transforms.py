@@ -13,7 +13,6 @@ from monai.transforms import (
     EnsureTyped,
     Lambda,
     Lambdad,
-    LoadImaged,
     RandAdjustContrastd,
     RandGaussianNoised,
     RandGaussianSharpend,
@@ -29,7 +28,7 @@ from cellzoo.methods.mediar.boundary import BoundaryExclusiond
 from cellzoo.methods.mediar.intensity import CellAwareIntensityd
 from cellzoo.targets.flow_geometry import NormalizeFlowsd, RandFlowFlipd, RandFlowRotate90d
 from cellzoo.targets.flows import LabelsToFlowsd
-from cellzoo.transforms.loading import CellImageReader, to_three_channels
+from cellzoo.transforms.loading import LoadImagesd, to_three_channels
 
 __all__ = ["mediar_predict_transforms", "mediar_train_transforms", "mediar_valid_transforms", "stack_target"]
 
@@ -42,8 +41,8 @@ def _channel_first(x: np.ndarray) -> np.ndarray:
 def _load(keys: Sequence[str], load: bool) -> list:
     """Read files (load=True) or accept arrays, giving channel-first float32 data."""
     if load:
-        reader = CellImageReader()
-        return [LoadImaged(keys, reader=reader, dtype=np.float32, image_only=True, ensure_channel_first=True)]
+        image_key, *label_keys = keys
+        return [LoadImagesd(image_key)] + ([LoadImagesd(label_keys, dtype=np.int32, labels=True)] if label_keys else [])
     return [Lambdad(keys, _channel_first), EnsureTyped(keys, data_type="numpy", dtype=np.float32, track_meta=False)]
 
 

@@ -6,6 +6,7 @@ MLflow patching, export)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -60,10 +61,10 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- MLflow
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend store; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow_server")
+@contextlib.contextmanager
+def running_mlflow_server(root: Path):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend store; yields (URI, its process)."""
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
@@ -81,11 +82,23 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-        yield uri
+        yield uri, server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and every worker it started
-        server.wait(timeout=30)
+        if server.poll() is None:
+            stop(server)
         log.close()
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop the server and every worker it started (its process group)."""
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as (uri, _):
+        yield uri
 
 
 def read_run(tracking_uri: str, experiment: str):
@@ -126,14 +139,38 @@ def test_mlflow_unreachable_server_falls_back_to_local_store(data, tmp_path):
     root = tmp_path / "run"
     dead = f"http://127.0.0.1:{free_port()}"
     result = bundle_cli.run_bundle(BUNDLE, [TRAIN, "quick"], *train_args(data, root, "--max_epochs", "1"),
-                                   "--tracking", "mlflow", "--tracking_uri", dead, "--experiment_name", "offline")
+                                   "--tracking", "mlflow", "--tracking_uri", dead, "--experiment_name", "offline",
+                                   "--resume", "true")
     log = result.stdout + result.stderr
     assert f"MLflow tracking server {dead} is unreachable" in log
+    assert "--resume true, but" in log and "holds no training state: training starts from the beginning" in log
     # the fallback is the default store of `--tracking mlflow` without --tracking_uri: <output_dir>/mlruns.db
     local = Path(config_value(root, "output_dir")) / "mlruns.db"
     assert config_value(root, "tracking_uri") == f"sqlite:///{local}"
     client, run = read_run(f"sqlite:///{local}", "offline")
     check_tracked_run(client, run, ckpt_path(root), tmp_path, max_epochs=1)
+
+
+def test_mlflow_server_that_dies_mid_run_loses_nothing(data, tmp_path):
+    """The server is killed after the first epoch: training ends normally and the local store holds the whole run."""
+    root = tmp_path / "run"
+    with running_mlflow_server(tmp_path / "server") as (uri, server):
+        command = bundle_cli.bundle_command(BUNDLE, [TRAIN, "quick"], *train_args(data, root, "--max_epochs", "3"),
+                                            "--tracking", "mlflow", "--tracking_uri", uri, "--experiment_name", "dies")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "Epoch[1] Complete" in line and server.poll() is None:
+                stop(server)
+        assert process.wait(timeout=600) == 0, "".join(lines[-50:])
+    log = "".join(lines)
+    assert log.count(f"MLflow tracking server {uri} went away") == 1
+    local = f"sqlite:///{Path(config_value(root, 'output_dir')) / 'mlruns.db'}"
+    client, run = read_run(local, "dies")
+    check_tracked_run(client, run, ckpt_path(root), tmp_path, max_epochs=3)
+    # every iteration's loss, including those logged to the server before it died
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(1, 13))
 
 
 # ---------------------------------------------------------------- multi-GPU (DDP on the CPU)
@@ -195,3 +232,30 @@ def test_resume_after_kill_mid_epoch(data, tmp_path):
     assert final["lr_scheduler"]["last_epoch"] == 2
     steps = {int(state["step"]) for state in final["optimizer"]["state"].values()}
     assert steps == {12}  # Adam's step counts span both processes: the optimizer state was restored
+
+
+METRIC_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- val_f1: ([0-9.]+)")
+
+
+def test_resume_keeps_the_best_score(data, tmp_path):
+    """After a kill and --resume true, model.pt is replaced only by a score strictly better than the best before."""
+    root = tmp_path / "best"
+    # learning rate 0: the scores stay flat, so the validation after the resume ties the best one
+    args = train_args(data, root, "--max_epochs", "3", "--checkpoint_interval", "1", "--val_interval", "1",
+                      "--learning_rate", "0")
+    process = subprocess.Popen(bundle_cli.bundle_command(BUNDLE, [TRAIN, "quick"], *args), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # kill in epoch 3, after epochs 1 and 2 were validated
+        if "Saved checkpoint at iteration: 9" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    best = ckpt_path(root)
+    before = best.read_bytes()
+    # ignite's record of the best score, stored in model.pt itself (MONAI's key_metric_save_state)
+    (best_score, _), = torch.load(best, weights_only=True)["checkpointer"]["_saved"]
+    result = bundle_cli.run_bundle(BUNDLE, [TRAIN, "quick"], *args, "--resume", "true")
+    scores = {int(e): float(v) for e, v in METRIC_LINE.findall(result.stdout + result.stderr)}
+    assert list(scores) == [3]  # only epoch 3 was validated after the resume
+    assert scores[3] <= best_score, "the flat run should tie its best score"
+    assert best.read_bytes() == before  # a tie does not replace the best model

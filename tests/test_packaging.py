@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -23,7 +25,7 @@ import yaml
 
 from cellzoo.cli import EXIT_BAD_INPUT, main
 from cellzoo.errors import InputError
-from cellzoo.packaging import ZIP_EPOCH, check_archive_members, install_bundle, package_bundle
+from cellzoo.packaging import MB, ZIP_EPOCH, check_archive_members, install_bundle, package_bundle
 
 NAME = "mediar_cellseg"
 SOURCE = Path(__file__).resolve().parents[1] / "bundles" / NAME
@@ -126,12 +128,32 @@ def test_package_is_deterministic(packaged, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp file left behind
 
 
-def test_package_without_base_url_points_at_local_copy(packaged, tmp_path):
-    zip_path = package_bundle(packaged["root"], tmp_path, large_file_mb=LARGE_MB)
-    [entry] = yaml.safe_load(read_zip(zip_path)[f"{NAME}/large_files.yml"])["large_files"]
-    assert entry["url"] == (tmp_path / f"{NAME}_v{VERSION}_files" / "extra_weights.bin").as_uri()
-    installed = install_bundle(zip_path, tmp_path / "installed")  # file:// works for local installs
+@pytest.mark.parametrize("base_url", [None, "", "file:///srv/files", "ftp://example.org/files", "example.org/f"])
+def test_package_large_files_need_http_base_url(packaged, tmp_path, base_url):
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as err:
+        package_bundle(packaged["root"], out, large_file_mb=LARGE_MB, base_url=base_url)
+    message = str(err.value)
+    assert message.startswith(f"{packaged['root']}: files over 0.1 MB stay out of the zip (models/extra_weights.bin)")
+    assert "must be http(s)" in message and (repr(base_url) if base_url else "none given") in message
+    assert "pass --base-url with the http(s) address where the large files will be published" in message
+    assert not out.exists()  # refused before the zip or the large-file folder was written
+
+
+def test_install_local_zip_fetches_large_files_over_http(packaged, tmp_path):
+    installed = install_bundle(packaged["zip"], tmp_path / "installed")  # a path; large files from loopback
     assert (installed / "models" / "extra_weights.bin").read_bytes() == LARGE_BYTES
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)], ids=["umask022", "umask027"])
+def test_package_files_get_umask_permissions(packaged, tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        zip_path = package_bundle(packaged["root"], tmp_path, large_file_mb=LARGE_MB, base_url=packaged["base_url"])
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(zip_path.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / f"{NAME}_v{VERSION}_files" / "extra_weights.bin").stat().st_mode) == mode
 
 
 @pytest.mark.parametrize("meta, problem", [({"changelog": {}}, "no 'version'"),
@@ -284,18 +306,22 @@ def test_install_refuses_zip_without_one_bundle_folder(tmp_path):
     assert not (tmp_path / "bundles").exists()
 
 
-@pytest.fixture
-def tampered(packaged, tmp_path):
-    """The packaged zip with a wrong hash_val for its large file."""
+def relisted(packaged, path: Path, **fields) -> Path:
+    """The packaged zip, written to `path`, with `fields` changed in its large file's large_files.yml record."""
     entries = read_zip(packaged["zip"])
     listing = yaml.safe_load(entries[f"{NAME}/large_files.yml"])
-    listing["large_files"][0]["hash_val"] = "f" * 64
+    listing["large_files"][0].update(fields)
     entries[f"{NAME}/large_files.yml"] = yaml.safe_dump(listing).encode()
-    path = tmp_path / ZIP_NAME
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in entries.items():
             archive.writestr(name, data)
     return path
+
+
+@pytest.fixture
+def tampered(packaged, tmp_path):
+    """The packaged zip with a wrong hash_val for its large file."""
+    return relisted(packaged, tmp_path / ZIP_NAME, hash_val="f" * 64)
 
 
 def test_install_refuses_large_file_with_wrong_hash(tampered, tmp_path):
@@ -303,7 +329,7 @@ def test_install_refuses_large_file_with_wrong_hash(tampered, tmp_path):
     with pytest.raises(InputError, match=f"hash mismatch for models/extra_weights.bin: expected {'f' * 64}, "
                                          f"got {sha256(LARGE_BYTES)}"):
         install_bundle(tampered, target)
-    assert list(target.iterdir()) == []  # neither the bundle nor the bad file nor a staging folder
+    assert not target.exists()  # neither the bundle nor the bad file nor a staging folder nor the folder itself
 
 
 def test_monai_download_large_files_refuses_wrong_hash(tampered, tmp_path):
@@ -316,6 +342,207 @@ def test_monai_download_large_files_refuses_wrong_hash(tampered, tmp_path):
     with pytest.raises(HashCheckError, match="sha256 hash check of downloaded file failed"):
         download_large_files(bundle_path=str(bundle))
     assert not (bundle / "models" / "extra_weights.bin").exists()
+
+
+# ---------------------------------------------------------------- damaged zips, zip bombs, failed installs
+
+NUMBERS = " ".join(map(str, range(60000))).encode()  # 350 KB that deflates to 130 KB of varied codes
+ZEROS_MB = 50  # deflates to about 50 KB: a compression ratio of about 1000
+
+
+def bundle_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    """A deflated bundle zip: the real metadata.json plus `entries`."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{NAME}/configs/metadata.json", (SOURCE / "configs" / "metadata.json").read_bytes())
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def forged(zip_path: Path, path: Path, entry: str, offset: int, value: int) -> Path:
+    """A copy of a zip at `path` with one 4-byte field of `entry`'s central directory record set to `value`.
+
+    Offsets: 16 CRC-32, 20 compressed size, 24 uncompressed size. Only the directory is changed: zipfile
+    takes sizes and CRC from it, not from the local header.
+    """
+    data = bytearray(zip_path.read_bytes())
+    record = data.rindex(entry.encode()) - 46  # the directory comes last, so the name's last copy is in it
+    assert data[record:record + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, record + offset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def corrupt_zip(path: Path, case: str) -> Path:
+    """A bundle zip damaged as `case` says."""
+    member = f"{NAME}/models/numbers.txt"
+    good = bundle_zip(path, {member: NUMBERS})
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as archive:
+        info = archive.getinfo(member)
+    if case == "random_bytes":
+        data = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    elif case == "truncated":
+        data = data[: len(data) // 2]
+    elif case == "bad_crc":
+        return forged(good, path, member, 16, info.CRC ^ 1)
+    elif case == "broken_deflate":  # 0xFF bytes mid-stream: zlib's "invalid block type"
+        name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+        middle = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+        data[middle:middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    return path
+
+
+CORRUPT = {"random_bytes": "File is not a zip file", "truncated": "File is not a zip file",
+           "bad_crc": f"Bad CRC-32 for file '{NAME}/models/numbers.txt'", "broken_deflate": "invalid block type"}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_install_refuses_corrupt_zip_naming_the_url(server, tmp_path, case):
+    served, url = server
+    (served / "corrupt").mkdir(exist_ok=True)
+    corrupt_zip(served / "corrupt" / f"{case}.zip", case)
+    source = f"{url}/corrupt/{case}.zip"
+    target = tmp_path / "bundles"
+    with pytest.raises(InputError) as err:
+        install_bundle(source, target)  # no sha256: the zip's own CRCs and structure are checked
+    message = str(err.value)
+    assert message.startswith(f"{source}: corrupt or unreadable zip (") and CORRUPT[case] in message
+    assert message.endswith("nothing was installed")
+    assert tempfile.gettempdir() not in message  # not the downloaded copy's path
+    assert not target.exists()
+
+
+@pytest.fixture(scope="module")
+def bomb_zip(tmp_path_factory):
+    """A bundle zip holding 50 MB of zeros as models/zeros.bin."""
+    return bundle_zip(tmp_path_factory.mktemp("bomb") / "bomb.zip", {f"{NAME}/models/zeros.bin": bytes(ZEROS_MB * MB)})
+
+
+def test_install_limits_compression_ratio(bomb_zip, tmp_path):
+    target = tmp_path / "bundles"
+    with pytest.raises(InputError) as err:
+        install_bundle(bomb_zip, target)
+    message = str(err.value)
+    assert message.startswith(f"{bomb_zip}: entry '{NAME}/models/zeros.bin' inflates to over 200 times its "
+                              "compressed size (a zip bomb?); nothing was installed")
+    assert message.endswith("raise the limit with --max-ratio (max_ratio of install_bundle)")
+    assert not target.exists()
+    bundle = install_bundle(bomb_zip, target, max_ratio=5000)
+    assert (bundle / "models" / "zeros.bin").stat().st_size == ZEROS_MB * MB
+
+
+def test_install_limits_total_size(bomb_zip, tmp_path):
+    target = tmp_path / "bundles"
+    (target / "other").mkdir(parents=True)
+    (target / "other" / "keep.txt").write_text("keep")
+    with pytest.raises(InputError) as err:
+        install_bundle(bomb_zip, target, max_ratio=5000, max_size_mb=10)
+    message = str(err.value)
+    assert message.startswith(f"{bomb_zip}: the zip inflates to over 10 MB (a zip bomb?); nothing was installed")
+    assert message.endswith("raise the limit with --max-size-mb (max_size_mb of install_bundle)")
+    assert [p.relative_to(target).as_posix() for p in sorted(target.rglob("*"))] == ["other", "other/keep.txt"]
+    with pytest.raises(InputError, match="max_size_mb and max_ratio must be positive, got 0 and 200"):
+        install_bundle(bomb_zip, target, max_size_mb=0)
+    bundle = install_bundle(bomb_zip, target, max_ratio=5000, max_size_mb=ZEROS_MB + 1)
+    assert (bundle / "models" / "zeros.bin").stat().st_size == ZEROS_MB * MB
+
+
+@pytest.mark.parametrize("offset, value, needle", [
+    (20, 2**31, "inflates to over 200 times"),  # claims 2 GB compressed: the ratio counts the zip's real size
+    (24, 1000, "Bad CRC-32"),  # claims 1000 bytes: reading stops there, and the CRC of all 50 MB mismatches
+])
+def test_install_refuses_zip_whose_directory_lies(bomb_zip, tmp_path, offset, value, needle):
+    entry = f"{NAME}/models/zeros.bin"
+    liar = forged(bomb_zip, tmp_path / "liar.zip", entry, offset, value)
+    with zipfile.ZipFile(liar) as archive:  # what a check of the declared sizes alone would see
+        info = archive.getinfo(entry)
+        assert info.file_size <= 200 * info.compress_size
+    target = tmp_path / "bundles"
+    with pytest.raises(InputError, match=needle) as err:
+        install_bundle(liar, target)
+    assert str(err.value).startswith(f"{liar}: ")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp"])
+def test_install_refuses_large_file_url_not_http(packaged, tmp_path, scheme):
+    copy = packaged["out"] / f"{NAME}_v{VERSION}_files" / "extra_weights.bin"  # right bytes, right hash
+    url = copy.as_uri() if scheme == "file" else "ftp://127.0.0.1:1/extra_weights.bin"
+    zip_path = relisted(packaged, tmp_path / ZIP_NAME, url=url)
+    target = tmp_path / "bundles"
+    with pytest.raises(InputError) as err:
+        install_bundle(zip_path, target)
+    assert str(err.value) == (f"{NAME}/large_files.yml in {zip_path}: large file models/extra_weights.bin has "
+                              f"URL {url!r}; only http and https URLs are allowed")
+    assert not target.exists()
+
+
+FAILURES = ["zip_hash", "unsafe_entry", "corrupt_member", "ratio_limit", "size_limit", "large_hash", "large_scheme"]
+
+
+def failing_install(case: str, tmp_path: Path, packaged, bomb_zip) -> tuple[Path, dict, str]:
+    """A zip whose install fails as `case` says, the install_bundle keywords, and a fragment of the error."""
+    path = tmp_path / f"{case}.zip"
+    if case == "zip_hash":
+        return Path(shutil.copy(packaged["zip"], path)), {"sha256": "0" * 64}, "hash mismatch: expected 000"
+    if case == "unsafe_entry":
+        return evil_zip(path, "../evil.txt"), {}, "unsafe archive entry '../evil.txt'"
+    if case == "corrupt_member":
+        return corrupt_zip(path, "bad_crc"), {}, "corrupt or unreadable zip"
+    if case in ("ratio_limit", "size_limit"):
+        limits = {} if case == "ratio_limit" else {"max_ratio": 5000, "max_size_mb": 10}
+        return Path(shutil.copy(bomb_zip, path)), limits, "--max-ratio" if case == "ratio_limit" else "--max-size-mb"
+    if case == "large_hash":  # fails after extraction into the staging folder, while fetching the large file
+        return relisted(packaged, path, hash_val="f" * 64), {}, "hash mismatch for models/extra_weights.bin"
+    return relisted(packaged, path, url="ftp://127.0.0.1:1/extra_weights.bin"), {}, "only http and https"
+
+
+def error_label(case: str, source: str, packaged) -> str:
+    """What the error of a failing install names: the user's zip, or for large-file problems what is at fault."""
+    if case == "large_hash":
+        return f"{packaged['base_url']}/extra_weights.bin"
+    if case == "large_scheme":
+        return f"{NAME}/large_files.yml in {source}"
+    return source
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Relative path -> contents (None for folders) of everything under `folder`."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("existed", [False, True])
+@pytest.mark.parametrize("case", FAILURES)
+def test_failed_install_leaves_bundle_dir_as_it_was(packaged, bomb_zip, tmp_path, case, existed):
+    zip_path, keywords, fragment = failing_install(case, tmp_path, packaged, bomb_zip)
+    target = tmp_path / "new" / "bundles"  # two folders that install_bundle creates when missing
+    if existed:
+        (target / "other").mkdir(parents=True)
+        (target / "other" / "keep.txt").write_text("keep")
+    before = tree(tmp_path / "new")
+    with pytest.raises(InputError) as err:
+        install_bundle(zip_path, target, **keywords)
+    assert str(err.value).startswith(f"{error_label(case, str(zip_path), packaged)}: ") and fragment in str(err.value)
+    assert (tmp_path / "new").exists() == existed
+    assert tree(tmp_path / "new") == before  # no bundle, staging folder or partial large file
+    assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_install_error_names_the_url_not_a_temp_copy(packaged, bomb_zip, server, tmp_path, case):
+    served, url = server
+    zip_path, keywords, fragment = failing_install(case, tmp_path, packaged, bomb_zip)
+    (served / "failing").mkdir(exist_ok=True)
+    shutil.copy(zip_path, served / "failing" / zip_path.name)
+    source = f"{url}/failing/{zip_path.name}"
+    with pytest.raises(InputError) as err:
+        install_bundle(source, tmp_path / "bundles", **keywords)
+    message = str(err.value)
+    assert message.startswith(f"{error_label(case, source, packaged)}: ") and fragment in message
+    assert tempfile.gettempdir() not in message and "cellzoo-install-" not in message
+    assert not (tmp_path / "bundles").exists()
 
 
 # ---------------------------------------------------------------- CLI

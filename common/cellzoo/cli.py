@@ -279,7 +279,8 @@ class CellzooCLI:
         """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.
 
         Files over --large-file-mb MB stay out of the zip: they are copied to <name>_v<version>_files/ and
-        listed in the zip's large_files.yml under --base-url (where you will publish them).
+        listed in the zip's large_files.yml under --base-url, the http(s) address where you will publish
+        them (required when there are such files).
         """
         from cellzoo.packaging import listed_large_files, package_bundle
 
@@ -291,10 +292,13 @@ class CellzooCLI:
         for entry in listed_large_files(zip_path):
             print(f"large file {entry['path']} -> {entry['url']}")
 
-    def install(self, source: str, bundle_dir: str, sha256: str | None = None):
+    def install(self, source: str, bundle_dir: str, sha256: str | None = None, max_size_mb: float = 2048,
+                max_ratio: float = 200):
         """Download (URL) or read (path) a bundle zip, check hash and entries, extract and fetch large files.
 
-        --sha256 HEX refuses a zip whose sha256 differs; nothing is written unless every check passes.
+        --sha256 HEX refuses a zip whose sha256 differs; nothing is written unless every check passes, and a
+        failed install leaves nothing behind. --max-size-mb (total uncompressed size) and --max-ratio (per
+        entry, uncompressed / compressed) refuse zip bombs; raise them for a zip you trust.
         """
         import re
 
@@ -303,7 +307,10 @@ class CellzooCLI:
         # fire turns an all-digit value into a number, so a hex digest is checked as text here
         if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
             raise InputError(f"--sha256 must be 64 hex digits (quote it), got {sha256!r}")
-        print(install_bundle(str(source), str(bundle_dir), sha256=None if sha256 is None else str(sha256)))
+        print(install_bundle(_path(source, "source"), _path(bundle_dir, "--bundle-dir"),
+                             sha256=None if sha256 is None else str(sha256),
+                             max_size_mb=_number(max_size_mb, "--max-size-mb", float, 0, exclusive=True),
+                             max_ratio=_number(max_ratio, "--max-ratio", float, 0, exclusive=True)))
 
     def demo(self, out: str = "demo_output", seed: int = 0):
         """Quick-train MEDIAR on synthetic images (CPU, minutes), segment held-out ones and print their F1."""
@@ -330,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         message = user_error_message(err)
         if debug or message is None:
             raise
-        print(f"cellzoo: error: {message}", file=sys.stderr)
+        # an error from inside a bundle run may interrupt a progress bar mid-line: start a new line
+        print(("" if isinstance(err, InputError) else "\n") + f"cellzoo: error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 

@@ -112,8 +112,10 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex}{image_suffix(path)}"
-    # created here with mode 0666 so the kernel applies the umask; writers reopen it and keep the mode
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:  # created here with mode 0666 so the kernel applies the umask; writers reopen it and keep the mode
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as err:  # name the user's file, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from err
     try:
         write(tmp)
         os.replace(tmp, path)

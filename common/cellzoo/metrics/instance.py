@@ -209,9 +209,15 @@ def evaluate_instances(
     iou = _check_threshold(iou)
     key = threshold_key(iou)
     thresholds = sorted(set(ap_thresholds) | {iou})
-    per_image = [instance_scores(g, p, thresholds, border_margin)["thresholds"] for g, p in pairs]
-    if not per_image:
+    results = [instance_scores(g, p, thresholds, border_margin) for g, p in pairs]
+    if not results:
         raise InputError("evaluate_instances got no (gt, pred) pairs")
+    n_gt = sum(result["n_gt"] for result in results)
+    if border_margin > 0 and n_gt == 0:
+        # otherwise every image would score F1 = 1.0 (nothing to find, nothing found)
+        raise InputError(f"every ground-truth cell lies within {border_margin} px of the image border: nothing is "
+                         "left to score; lower the border margin")
+    per_image = [result["thresholds"] for result in results]
     at_iou = [img[key] for img in per_image]
     totals = {k: int(sum(s[k] for s in at_iou)) for k in ("tp", "fp", "fn")}
     out = {k: float(np.mean([s[k] for s in at_iou])) for k in ("f1", "precision", "recall")}
@@ -220,6 +226,7 @@ def evaluate_instances(
         for t in ap_thresholds
     }
     out["n_images"] = len(per_image)
+    out["n_gt"] = int(n_gt)  # ground-truth cells scored (after the border exclusion)
     out.update(totals)
     out["f1_pooled"] = scores_from_counts(**totals)["f1"]
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from cellzoo.io import write_tiff
 from cellzoo.postprocess.measure import measure_cells, write_measurements_csv
 from cellzoo.postprocess.overlay import write_overlay_png
+
+logger = logging.getLogger(__name__)
 
 
 def write_cell_outputs(stem: str, labels: np.ndarray, image: np.ndarray, output_dir: str | Path,
@@ -20,6 +23,8 @@ def write_cell_outputs(stem: str, labels: np.ndarray, image: np.ndarray, output_
     """
     output_dir = Path(output_dir)
     labels = np.asarray(labels)
+    if (output_dir / "labels" / f"{stem}_label.tiff").exists():
+        logger.warning("replacing the earlier predictions for %s in %s", stem, output_dir)
     dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
     label_path = write_tiff(output_dir / "labels" / f"{stem}_label.tiff", labels.astype(dtype), "YX")
     if write_extras:

@@ -105,6 +105,8 @@ def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "run_config", Recorder())
     with pytest.raises(InputError, match="--sizes must lie in 1..5"):
         study(fields, tmp_path / "a", sizes=[1, 6])
+    with pytest.raises(InputError, match="whole numbers of labelled fields or fractions in \\(0, 1\\), got 2.5"):
+        study(fields, tmp_path / "a", sizes=[2.5])
     with pytest.raises(InputError, match="unknown arm.*arms: scratch, pretrained"):
         study(fields, tmp_path / "b", arms=["imagenet"])
     study(fields, tmp_path / "c", sizes=[1], seeds=[0])
@@ -112,6 +114,11 @@ def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
         study(fields, tmp_path / "c", sizes=[1], seeds=[0], n_test=3)
     with pytest.raises(InputError, match="pass --pretrain-data"):
         run_study("mediar_cellseg", fields, [1], out=tmp_path / "d")
+
+
+def test_label_budgets_take_numbers_and_fractions():
+    assert engine.label_budgets([0.05, 0.2, 4, 4.0, 1], 40) == (1, 2, 4, 8)
+    assert engine.label_budgets([0.01], 40) == (1,)  # never zero labelled items
 
 
 def test_every_bundle_declares_a_valid_study():

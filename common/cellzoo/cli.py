@@ -123,6 +123,13 @@ def _int_list(value, option: str) -> list[int]:
         raise InputError(f"{option} must be comma-separated integers, got {value!r}") from err
 
 
+def _float_list(value, option: str) -> list[float]:
+    try:
+        return [float(part) for part in _items(value)]
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{option} must be comma-separated numbers, got {value!r}") from err
+
+
 def _name_list(value) -> list[str]:
     return [str(part) for part in _items(value)]
 
@@ -259,14 +266,15 @@ class CellzooCLI:
 
         The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
         in the bundle's layout: a fixed test set (--n-test items, default 20%) is drawn once; per seed the
-        rest is shuffled and each size N trains on the first N. Pretrainings run once per seed (--pretrain-data
+        rest is shuffled and each size N trains on the first N (--sizes takes numbers of items, or
+        fractions such as 0.05,0.2 of the training pool). Pretrainings run once per seed (--pretrain-data
         for those that train on another data set). Interrupted studies resume: run the same command again.
         Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
         """
         from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
         spec = load_study(bundle).task(task)
-        rows = run_study(bundle, _path(data, "--data"), _int_list(sizes, "--sizes"),
+        rows = run_study(bundle, _path(data, "--data"), _float_list(sizes, "--sizes"),
                          arms=None if arms is None else _name_list(arms), seeds=_int_list(seeds, "--seeds"),
                          task=spec.name, quick=bool(quick), out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),

@@ -23,7 +23,7 @@ import os
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cellzoo.bundles import parse_config_value, run_config
@@ -55,21 +55,21 @@ class Study:
     pretrain_data: Path | None = None
 
 
-def run_study(bundle: str, data: str | Path, sizes: Sequence[int], arms: Sequence[str] | None = None,
+def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
               pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0) -> list[dict]:
-    """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}."""
+    """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}.
+
+    `sizes` are label budgets: numbers of labelled items, or fractions (0 < f < 1) of the training pool.
+    """
     spec = load_study(bundle)
     task_spec = spec.task(task)
-    study = Study(spec.bundle, task_spec, Path(data).absolute(), tuple(sorted({int(n) for n in sizes})),
-                  _check_arms(task_spec, arms), tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick),
-                  Path(out).absolute() / task_spec.name, spec.quick if quick else {},
-                  None if pretrain_data is None else Path(pretrain_data).absolute())
+    study = Study(spec.bundle, task_spec, Path(data).absolute(), (), _check_arms(task_spec, arms),
+                  tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick), Path(out).absolute() / task_spec.name,
+                  spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute())
     _check_pretrain_data(study)
     test, pool = split_items(labelled_items(study), n_test, split_seed, study.data)
-    if not study.sizes or study.sizes[0] < 1 or study.sizes[-1] > len(pool):
-        raise InputError(f"--sizes must lie in 1..{len(pool)} (labelled {task_spec.units} outside the "
-                         f"{len(test)} test items), got {list(study.sizes)}")
+    study = replace(study, sizes=label_budgets(sizes, len(pool), task_spec.units, len(test)))
     _check_manifest(study, test)
     logger.info("study %s/%s: %d test items, pool of %d, sizes %s, arms %s, seeds %s", study.bundle,
                 task_spec.name, len(test), len(pool), list(study.sizes), list(study.arms), list(study.seeds))
@@ -82,6 +82,23 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[int], arms: Sequenc
             for arm in study.arms:
                 rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
     return rows
+
+
+def label_budgets(sizes: Sequence[float], pool: int, units: str = "items", n_test: int = 0) -> tuple[int, ...]:
+    """Numbers of labelled items to train on: whole numbers as they are, fractions (0 < f < 1) of the pool."""
+    budgets = set()
+    for size in sizes:
+        size = float(size)
+        if 0 < size < 1:
+            budgets.add(max(1, round(size * pool)))
+        elif size >= 1 and size == int(size):
+            budgets.add(int(size))
+        else:
+            raise InputError(f"--sizes takes whole numbers of {units} or fractions in (0, 1), got {size:g}")
+    if not budgets or max(budgets) > pool:
+        raise InputError(f"--sizes must lie in 1..{pool} (labelled {units} outside the {n_test} test items), "
+                         f"got {sorted(budgets)}")
+    return tuple(sorted(budgets))
 
 
 def _check_arms(task: TaskSpec, arms: Sequence[str] | None) -> tuple[str, ...]:

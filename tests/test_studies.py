@@ -67,8 +67,7 @@ def test_each_arm_starts_from_the_weights_it_names(fields, tmp_path, monkeypatch
     test = set(next(iter(tests)))
     assert len(test) == 2
     for pre in pretrain:  # the pretext trains on every non-test field (it needs no labels)
-        assert set(pre["train_items"]) == set(pre["val_items"]) and not set(pre["train_items"]) & test
-        assert len(pre["train_items"]) == 5 and pre["target_channel"] == "DAPI"
+        assert set(pre["exclude_items"]) == test and "train_items" not in pre and pre["target_channel"] == "DAPI"
     for seed, pre in zip((0, 1), pretrain):
         runs = [t for t in train if t["seed"] == seed]
         for t in runs:

@@ -135,12 +135,16 @@ def select_items(entries: list[dict], names: Sequence[str] | None, source: str |
 
 
 def split_items(entries: list[dict], train_items: Sequence[str] | None = None, val_items: Sequence[str] | None = None,
-                val_fold: int = 0, source: str | Path | None = None) -> dict[str, list[dict]]:
+                val_fold: int = 0, source: str | Path | None = None,
+                exclude_items: Sequence[str] | None = None) -> dict[str, list[dict]]:
     """{"train": [...], "val": [...]}: the named items, or else every entry outside / inside fold `val_fold`.
 
+    `exclude_items` are left out first (a study's test items, when a pretraining takes everything else).
     With very few entries one side can come out empty; then every entry trains and validation reuses
     them (better than no validation at all), which is logged as a warning.
     """
+    excluded = set(exclude_items or ())
+    entries = [entry for entry in entries if entry["name"] not in excluded]
     if not entries:
         raise InputError("no labelled items to train on", source)
     train = select_items(entries, train_items, source) if train_items is not None else \

@@ -4,11 +4,12 @@ For one task of a bundle (declared in its `configs/study.yaml`, see `cellzoo.stu
 
 1. The labelled items of the data folder are listed by the fine-tuning config itself (its `datalist`), and a
    fixed test set is drawn once (`split_seed`), the same for every seed, arm and budget.
-2. Per seed, the remaining items (the pool) are shuffled; a budget of N trains on the first N, so the
-   training sets of one seed are nested, as in the papers' few-shot protocols.
-3. Per seed, each pretraining an arm needs runs once (on the pool, whose labels it does not use, or on
-   `--pretrain-data`); then per budget and arm the fine-tuning config trains from the arm's initial weights
-   (`init_ckpt`) and the evaluation config scores the test items (`<output_dir>/metrics.json`).
+2. Per seed, the remaining labelled items (the pool) are shuffled; a budget of N trains on the first N, so
+   the training sets of one seed are nested, as in the papers' few-shot protocols.
+3. Per seed, each pretraining an arm needs runs once (on every item of the data set but the test items,
+   labelled or not, since it uses no labels; or on `--pretrain-data`); then per budget and arm the
+   fine-tuning config trains from the arm's initial weights (`init_ckpt`) and the evaluation config scores
+   the test items (`<output_dir>/metrics.json`).
 
 Every step writes into `<out>/<task>/seed<k>/...`; a finished step leaves a marker, so an interrupted study
 run again with the same arguments skips what is done. The result is a long table (bundle, task, arm, n,
@@ -68,7 +69,7 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
                   tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick), Path(out).absolute() / task_spec.name,
                   spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute())
     _check_pretrain_data(study)
-    test, pool = split_items(labelled_items(study), n_test, split_seed, study.data)
+    test, pool = split_test(labelled_items(study), n_test, split_seed, study.data)
     study = replace(study, sizes=label_budgets(sizes, len(pool), task_spec.units, len(test)))
     _check_manifest(study, test)
     logger.info("study %s/%s: %d test items, pool of %d, sizes %s, arms %s, seeds %s", study.bundle,
@@ -77,7 +78,7 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
     rows = []
     for seed in study.seeds:
         order = random.Random(seed).sample(pool, len(pool))
-        checkpoints = {name: pretrain(study, name, seed, pool, progress) for name in _pretrainings_needed(study)}
+        checkpoints = {name: pretrain(study, name, seed, test, progress) for name in _pretrainings_needed(study)}
         for n in study.sizes:
             for arm in study.arms:
                 rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
@@ -132,7 +133,7 @@ def labelled_items(study: Study) -> list[str]:
     return names
 
 
-def split_items(names: list[str], n_test: int | None, split_seed: int, data: Path) -> tuple[list[str], list[str]]:
+def split_test(names: list[str], n_test: int | None, split_seed: int, data: Path) -> tuple[list[str], list[str]]:
     """(test items, training pool): a fixed test set (default 20%, at least 1) drawn with `split_seed`."""
     shuffled = random.Random(split_seed).sample(names, len(names))
     n_test = max(1, len(names) // 5) if n_test is None else int(n_test)
@@ -181,8 +182,12 @@ def _overrides(study: Study, kind: str, step_overrides: dict, *extra: dict) -> d
     return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
 
 
-def pretrain(study: Study, name: str, seed: int, pool: list[str], progress: Progress) -> Path:
-    """Run the pretraining `name` for `seed` (once: later calls find its marker); returns its model.pt."""
+def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Progress) -> Path:
+    """Run the pretraining `name` for `seed` (once: later calls find its marker); returns its model.pt.
+
+    A pretraining on the pool takes every item of the data set but the test items, labelled or not (its
+    labels are not used); one with `data: pretrain_data` takes the --pretrain-data folder as it is.
+    """
     step: Pretraining = study.task.pretrainings[name]
     folder = study.out / f"seed{seed}" / f"pretrain_{name}"
     what = f"seed {seed}: pretraining '{name}' ({step.config})"
@@ -190,12 +195,12 @@ def pretrain(study: Study, name: str, seed: int, pool: list[str], progress: Prog
         progress.step(what, skipped=True)
         return folder / "model.pt"
     progress.step(what)
-    data = {"dataset_dir": str(study.data), "train_items": pool, "val_items": pool} if step.data == "pool" else \
+    data = {"dataset_dir": str(study.data), "exclude_items": test} if step.data == "pool" else \
         {"dataset_dir": str(study.pretrain_data)}
     run = {**data, "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
     run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, run))
     _require(folder / "model.pt", what)
-    _write_json(folder / DONE, {"pretraining": name, "seed": seed, "items": len(pool) if step.data == "pool" else None})
+    _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else []})
     return folder / "model.pt"
 
 

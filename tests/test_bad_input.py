@@ -239,6 +239,13 @@ def test_json_and_csv_outputs_refuse_folders_existing_files_and_read_only_places
                         str(tmp_path / "c.csv"))[::2], "--out exists")
 
 
+def test_set_takes_only_keys_of_the_config(images, quick_checkpoint, tmp_path):
+    code, _, err = predict(images, tmp_path / "o", quick_checkpoint, "--set", "{no_such_key: 1}")
+    one_line_error(code, err, "--set: 'no_such_key' is not a key of mediar_cellseg's inference.yaml")
+    code, _, err = predict(images, tmp_path / "o", quick_checkpoint, "--set", "[1, 2]")
+    one_line_error(code, err, "--set must be a mapping")
+
+
 def test_number_options_are_checked(tmp_path):
     args = ["evaluate", "instance", "--pred", str(tmp_path), "--gt", str(tmp_path)]
     one_line_error(*cli(*args, "--iou", "abc")[::2], "--iou must be a number, got 'abc'")

@@ -100,6 +100,14 @@ def test_an_interrupted_study_resumes_where_it_stopped(fields, tmp_path, monkeyp
     assert study(fields, tmp_path) == rows and again.calls == []  # everything done: nothing runs
 
 
+def test_settings_reach_every_step(fields, tmp_path, monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr(engine, "run_config", recorder)
+    study(fields, tmp_path, sizes=[1], seeds=[0], settings={"roi_size": 32, "seed": 99})
+    assert recorder.calls and all(overrides["roi_size"] == 32 for _, overrides in recorder.calls)
+    assert all(overrides.get("seed", 0) == 0 for config, overrides in recorder.calls if config != "evaluate")
+
+
 def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "run_config", Recorder())
     with pytest.raises(InputError, match="--sizes must lie in 1..5"):
@@ -142,7 +150,7 @@ def test_report_tables_and_plot(tmp_path):
     assert summary[("pretrained", 4)] == (0.6, 0.0, 1)
     table = markdown_table(rows, "f1")
     assert "| 1 | 0.300 ± 0.141 | **0.600 ± 0.141** |" in table
-    assert "| 4 | 0.600 ± 0.000 | 0.600 ± 0.000 |" in table  # a tie: no bold
+    assert "| 4 | 0.600 | 0.600 |" in table  # one seed: no spread shown; a tie: no bold
     files = write_report(rows, "f1", tmp_path, "b_t")
     with open(files["csv"]) as handle:
         assert list(csv.DictReader(handle))[2] == {"bundle": "b", "task": "t", "arm": "pretrained", "n": "1",

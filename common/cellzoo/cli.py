@@ -81,29 +81,54 @@ def _check_prediction_folder(output: Path, overwrite: bool) -> None:
                          "--output", output)
 
 
-def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool) -> None:
+def _config_settings(value, bundle: str, config: str, quick: bool) -> dict:
+    """--set as a mapping of existing config keys to plain data ("{key: value, ...}", YAML or a dict)."""
+    import re
+
+    import yaml
+    from monai.bundle import ConfigParser
+
+    from cellzoo.bundles import config_files
+
+    if value is None:
+        return {}
+    try:
+        settings = yaml.safe_load(value) if isinstance(value, str) else value
+    except yaml.YAMLError as err:
+        raise InputError(f"--set must be a mapping such as \"{{task: cells}}\" ({err})") from err
+    if not isinstance(settings, dict):
+        raise InputError(f"--set must be a mapping such as \"{{task: cells}}\", got {value!r}")
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, config, quick))
+    for key in settings:
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(#\w+)*", key) or key not in parser:
+            raise InputError(f"--set: {key!r} is not a key of {bundle}'s {config}.yaml")
+    return settings
+
+
+def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool, settings: dict) -> None:
     """Every checkpoint must fit the inference network; a quick/paper-scale mix-up gets a hint."""
     from cellzoo.bundles import parse_config_value
     from cellzoo.engines import load_weights
 
-    network = parse_config_value(bundle, "inference", "network_def", quick=quick)
+    network = parse_config_value(bundle, "inference", "network_def", quick=quick, **settings)
     for path in checkpoints:
         try:
             load_weights(network, path)
         except InputError as err:
-            if "does not fit the network" in err.problem and _fits(bundle, path, not quick):
+            if "does not fit the network" in err.problem and _fits(bundle, path, not quick, settings):
                 hint = "add --quick (it fits the quick network)" if not quick else "drop --quick (it fits the " \
                        "paper-scale network)"
                 raise InputError(f"{err.problem}; {hint}", path) from err
             raise
 
 
-def _fits(bundle: str, path: str, quick: bool) -> bool:
+def _fits(bundle: str, path: str, quick: bool, settings: dict) -> bool:
     from cellzoo.bundles import parse_config_value
     from cellzoo.engines import load_weights
 
     try:
-        load_weights(parse_config_value(bundle, "inference", "network_def", quick=quick), path)
+        load_weights(parse_config_value(bundle, "inference", "network_def", quick=quick, **settings), path)
     except InputError:
         return False
     return True
@@ -236,13 +261,14 @@ class CellzooCLI:
         print(f"measured {len(rows)} cells -> {out}")
 
     def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False,
-                overwrite: bool = False):
+                overwrite: bool = False, set=None):
         """Run a bundle's inference config on a folder of images with trained weights.
 
         --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. No
         bundle ships weights: train one (docs/own_data.md) or pass downloaded ones. --quick matches
         checkpoints trained with quick.yaml. An output folder that already holds predictions is refused
-        unless --overwrite (which replaces the files of the same names).
+        unless --overwrite (which replaces the files of the same names). --set "{task: cells, inputs: [DIC]}"
+        sets keys of inference.yaml (values are data, never config code).
         """
         from cellzoo.bundles import run_config
 
@@ -255,13 +281,15 @@ class CellzooCLI:
         if not Path(_path(input, "--input")).is_dir():
             raise InputError("input folder not found", input)
         _check_prediction_folder(Path(_path(output, "--output")), bool(overwrite))
-        _check_checkpoints_fit(bundle, checkpoints, bool(quick))
-        run_config(bundle, "inference", quick=bool(quick), input_dir=str(input), output_dir=str(output),
+        settings = _config_settings(set, bundle, "inference", bool(quick))
+        _check_checkpoints_fit(bundle, checkpoints, bool(quick), settings)
+        run_config(bundle, "inference", quick=bool(quick), **settings, input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
-              quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None):
+              quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None,
+              set=None):
         """Label-efficiency study of a bundle: arms x label budgets x seeds through the bundle's own configs.
 
         The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
@@ -270,15 +298,17 @@ class CellzooCLI:
         fractions such as 0.05,0.2 of the training pool). Pretrainings run once per seed (--pretrain-data
         for those that train on another data set). Interrupted studies resume: run the same command again.
         Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
+        --set "{inputs: [DIC]}" sets keys of the bundle's configs for every step (values are data).
         """
         from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
         spec = load_study(bundle).task(task)
+        settings = _config_settings(set, bundle, spec.finetune.config, bool(quick))
         rows = run_study(bundle, _path(data, "--data"), _float_list(sizes, "--sizes"),
                          arms=None if arms is None else _name_list(arms), seeds=_int_list(seeds, "--seeds"),
                          task=spec.name, quick=bool(quick), out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
-                         n_test=None if n_test is None else int(n_test))
+                         n_test=None if n_test is None else int(n_test), settings=settings)
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))

@@ -49,6 +49,11 @@ def brief_input_errors() -> None:
             previous(kind, value, traceback)
             return
         print(f"error: {message} (set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exit at once: data-loading threads a failed run leaves behind would otherwise abort the
+        # interpreter's shutdown ("terminate called without an active exception", exit code 134)
+        os._exit(1)
 
     hook.cellzoo_brief = True
     sys.excepthook = hook

@@ -104,5 +104,9 @@ def transfer_weights(network: nn.Module, path: str | Path | None, rename: Callab
         raise InputError(f"no tensor of this checkpoint fits the network (it expects names like {example!r}): "
                          f"{match.summary()}", path)
     network.load_state_dict(updated)
-    logger.info("init_ckpt %s: %s", path, match.summary())
+    if match.mismatched:  # the same names with other shapes: most likely a network of another size
+        logger.warning("init_ckpt %s: %s; is it from a network of another size (quick.yaml or not)?", path,
+                       match.summary())
+    else:
+        logger.info("init_ckpt %s: %s", path, match.summary())
     return match

@@ -24,7 +24,7 @@ import os
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cellzoo.bundles import parse_config_value, run_config
@@ -54,20 +54,24 @@ class Study:
     out: Path
     quick_overrides: dict
     pretrain_data: Path | None = None
+    settings: dict = field(default_factory=dict)  # the user's --set values, for every step
 
 
 def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
-              pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0) -> list[dict]:
+              pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0,
+              settings: dict | None = None) -> list[dict]:
     """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}.
 
     `sizes` are label budgets: numbers of labelled items, or fractions (0 < f < 1) of the training pool.
+    `settings` are config values for every step (e.g. the input planes of a data set).
     """
     spec = load_study(bundle)
     task_spec = spec.task(task)
     study = Study(spec.bundle, task_spec, Path(data).absolute(), (), _check_arms(task_spec, arms),
                   tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick), Path(out).absolute() / task_spec.name,
-                  spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute())
+                  spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute(),
+                  dict(settings or {}))
     _check_pretrain_data(study)
     test, pool = split_test(labelled_items(study), n_test, split_seed, study.data)
     study = replace(study, sizes=label_budgets(sizes, len(pool), task_spec.units, len(test)))
@@ -124,7 +128,8 @@ def _check_pretrain_data(study: Study) -> None:
 
 def labelled_items(study: Study) -> list[str]:
     """Names of the labelled items the fine-tuning config finds in the data folder (its `datalist`)."""
-    overrides = {**study.task.overrides, **study.task.finetune.overrides, "dataset_dir": str(study.data)}
+    overrides = {**study.task.overrides, **study.task.finetune.overrides, **study.settings,
+                 "dataset_dir": str(study.data)}
     entries = parse_config_value(study.bundle, study.task.finetune.config, "datalist", quick=study.quick, **overrides)
     names = sorted({str(entry["name"]) for entry in entries})
     if len(names) < 2:
@@ -145,7 +150,8 @@ def split_test(names: list[str], n_test: int | None, split_seed: int, data: Path
 def _check_manifest(study: Study, test: list[str]) -> None:
     """Refuse to resume into a folder that holds a study with another data set, test split or size setting."""
     manifest = {"bundle": study.bundle, "task": study.task.name, "data": str(study.data), "test_items": test,
-                "quick": study.quick, "pretrain_data": None if study.pretrain_data is None else str(study.pretrain_data)}
+                "quick": study.quick, "pretrain_data": None if study.pretrain_data is None else str(study.pretrain_data),
+                "settings": study.settings}
     path = study.out / MANIFEST
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -173,11 +179,11 @@ class Progress:
         print(f"[{self.done}/{self.total}] {what}{suffix}", file=sys.stderr, flush=True)
 
 
-def _overrides(study: Study, kind: str, step_overrides: dict, *extra: dict) -> dict:
-    """Task, step, --quick and arm overrides, then the run's own (later ones win); placeholders filled."""
-    merged = {**study.task.overrides, **step_overrides, **study.quick_overrides.get(kind, {})}
-    for more in extra:
-        merged.update(more)
+def _overrides(study: Study, kind: str, step_overrides: dict, arm_overrides: dict, run: dict) -> dict:
+    """Task, step, --quick, arm and --set overrides, then the run's own keys (data, items, seed, folders);
+    later ones win; placeholders filled."""
+    merged = {**study.task.overrides, **step_overrides, **study.quick_overrides.get(kind, {}), **arm_overrides,
+              **study.settings, **run}
     fill = {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)}
     return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
 
@@ -198,7 +204,7 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     data = {"dataset_dir": str(study.data), "exclude_items": test} if step.data == "pool" else \
         {"dataset_dir": str(study.pretrain_data)}
     run = {**data, "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
-    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, run))
+    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, {}, run))
     _require(folder / "model.pt", what)
     _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else []})
     return folder / "model.pt"
@@ -234,7 +240,7 @@ def evaluate(study: Study, checkpoint: Path, test: list[str], out: Path) -> dict
     """Run the evaluation config on the test items; returns the numeric entries of its metrics.json."""
     step = study.task.evaluate
     run = {"dataset_dir": str(study.data), "eval_items": test, "checkpoints": [str(checkpoint)], "output_dir": str(out)}
-    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "evaluate", step.overrides, run))
+    run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "evaluate", step.overrides, {}, run))
     report = json.loads(_require(out / "metrics.json", "evaluation").read_text())
     metrics = {k: v for k, v in report.items() if isinstance(v, float)}  # scores, not counts or settings
     if study.task.metric not in metrics:

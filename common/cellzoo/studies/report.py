@@ -47,12 +47,12 @@ def markdown_table(rows: list[dict], metric: str) -> str:
             if (arm, n) not in summary:
                 cells.append("-")
                 continue
-            mean, sd, _ = summary[(arm, n)]
-            text = f"{mean:.3f} ± {sd:.3f}"
+            mean, sd, k = summary[(arm, n)]
+            text = f"{mean:.3f} ± {sd:.3f}" if k > 1 else f"{mean:.3f}"  # no spread from one seed
             cells.append(f"**{text}**" if mean == best else text)
         lines.append(f"| {n} | {' | '.join(cells)} |")
     lines.append("")
-    lines.append(f"Mean ± sample standard deviation over {seeds} seed(s).")
+    lines.append(f"Mean ± sample standard deviation over {seeds} seed(s) (one seed: the value alone).")
     return "\n".join(lines) + "\n"
 
 

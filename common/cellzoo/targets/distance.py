@@ -1,4 +1,5 @@
-"""Distance-map targets for ISL cell segmentation (paper 003, sec. 2.3, Fig. 4d; after Naylor et al., refs 18-19)."""
+"""Per-cell distance-map targets (the ISL cell task: "Learning with minimal effort", sec. 2.3, Fig. 4d; after
+Naylor et al.'s nucleus distance maps)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
+from cellzoo.io.files import file_stem
 from cellzoo.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
 from cellzoo.io.validate import check_dir
 
@@ -23,7 +24,7 @@ def read_cellseg(root: str | Path, n_folds: int = 5, seed: int = 0) -> list[dict
     images = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise InputError(f"images/ holds no image files ({', '.join(IMAGE_SUFFIXES)})", root)
-    stems = [image.stem for image in images]
+    stems = [file_stem(image) for image in images]  # a.ome.tif -> a, as everywhere in cellzoo
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
         raise InputError(f"several images share the name(s) {', '.join(duplicates)} in images/", root)
@@ -32,8 +33,8 @@ def read_cellseg(root: str | Path, n_folds: int = 5, seed: int = 0) -> list[dict
 
 
 def _entry(image: Path, labels_dir: Path) -> dict:
-    entry = {"image": str(image.absolute()), "name": image.stem}
-    label = _find_label(labels_dir, image.stem)
+    entry = {"image": str(image.absolute()), "name": file_stem(image)}
+    label = _find_label(labels_dir, file_stem(image))
     if label is not None:
         entry["label"] = str(label.absolute())
     return entry

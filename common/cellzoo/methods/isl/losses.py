@@ -1,4 +1,5 @@
-"""ISL segmentation losses (paper 003): Jaccard for nuclei (sec. 2.2), MSE + alpha * BCE for cells (sec. 2.3, eq. 2)."""
+"""ISL segmentation losses ("Learning with minimal effort"): Jaccard for nuclei (sec. 2.2), MSE + alpha * BCE
+for cells (sec. 2.3, eq. 2)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class JaccardLoss(nn.Module):
 
     def __init__(self, from_logits: bool = False, smooth: float = 0.0, eps: float = 1e-7) -> None:
         super().__init__()
-        # Imported here so that cellzoo without the "methods" extra still imports.
+        # Imported here so that importing cellzoo does not import smp (slow) unless the loss is built.
         from segmentation_models_pytorch.losses import JaccardLoss as SmpJaccardLoss
 
         self.loss = SmpJaccardLoss(mode="binary", from_logits=from_logits, smooth=smooth, eps=eps)
@@ -35,9 +36,9 @@ class JaccardLoss(nn.Module):
 
 
 class DistanceMaskLoss(nn.Module):
-    """MSE(distance) + alpha * BCEWithLogits(mask), paper 003 eq. 2 (alpha = 2000, sec. 2.3).
+    """MSE(distance) + alpha * BCEWithLogits(mask), eq. 2 of the ISL paper (alpha = 2000, sec. 2.3).
 
-    ``y_pred`` is ``ISLCellNet``'s (B, 2, H, W) = [distance, mask logit]; ``y`` is the (B, 2, H, W)
+    ``y_pred`` is the cell network's (``isl_network("cells")``) (B, 2, H, W) = [distance, mask logit]; ``y`` is the (B, 2, H, W)
     [distance, mask] target of ``LabelsToDistanced``. The paper sets alpha to "the initial ratio between
     MSELoss and BCEWithLogitsLoss" (2000 on its data: pixel distances in large cells). ``alpha="initial"``
     applies that rule to the data at hand: alpha is the MSE/BCE ratio of the first batch, then fixed, so

@@ -34,7 +34,7 @@ def distance_to_instances(
     h for small cells, or ``seed_unseeded=True`` to make every seedless mask component an instance of
     its own (our addition, not in the paper). Objects under ``min_size`` px are removed (the paper gives
     no size filter; 16 px is our default). ``mask_prob`` is a probability: apply a sigmoid to
-    ``ISLCellNet``'s mask logit first.
+    the cell network's mask logit first.
     """
     distance = np.asarray(distance, dtype=np.float64)
     mask = np.asarray(mask_prob) > mask_threshold

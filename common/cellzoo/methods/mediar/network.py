@@ -46,7 +46,7 @@ class MEDIARFormer(nn.Module):
         classes: int = 2,
     ) -> None:
         super().__init__()
-        # Imported here so that cellzoo without the "methods" extra still imports.
+        # Imported here so that importing cellzoo does not import smp (slow) unless a network is built.
         import segmentation_models_pytorch as smp
 
         base = smp.MAnet(

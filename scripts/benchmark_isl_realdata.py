@@ -61,7 +61,7 @@ def main() -> None:
     train_s = time.perf_counter() - started
     run_config("isl_segmentation", "evaluate", quick=True, task="fluorescence", dataset_dir=str(halves["test"]),
                inputs=INPUTS, target_channel=STAIN, checkpoints=[str(out / "model" / "model.pt")],
-               output_dir=str(out / "eval"), roi_size=args.roi_size)
+               output_dir=str(out / "eval"), roi_size=args.roi_size, tta=False)
     scores = json.loads((out / "eval" / "metrics.json").read_text())
     test = isl_datalist(halves["test"], INPUTS, target=STAIN)[0]
     phase, _ = read_image(test["image"][1])

@@ -70,6 +70,9 @@ def plot(rows: list[dict], metric: str, path: str | Path, title: str = "") -> Pa
         ns, means, sds = zip(*points)
         ax.errorbar(ns, means, yerr=sds, marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
+    sizes = sorted({n for _, n in summary})
+    ax.set_xticks(sizes, [str(n) for n in sizes])  # the budgets themselves, not powers of ten
+    ax.minorticks_off()
     ax.set_xlabel("labelled training items (N)")
     ax.set_ylabel(metric)
     ax.set_title(title)

@@ -129,6 +129,37 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return ring[np.abs(cross) > 1e-9]
 
 
+def boxes_to_coco(boxes, image_id: int, scores=None, start_ann_id: int = 1, category_id: int = 1) -> list[dict]:
+    """One box-only COCO annotation per [x, y, w, h] box (area = w * h), with `score` when scores are given.
+
+    For detectors (no masks): the same annotation fields as `label_image_to_coco`, so ground truth,
+    predictions and result files of boxes read back with `load_coco_json` and score with pycocotools.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if scores is not None and len(scores) != len(boxes):
+        raise InputError(f"got {len(scores)} scores for {len(boxes)} boxes")
+    annotations = []
+    for k, (x, y, w, h) in enumerate(boxes):
+        annotation = {"id": start_ann_id + k, "image_id": image_id, "category_id": category_id,
+                      "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0}
+        if scores is not None:
+            annotation["score"] = float(scores[k])
+        annotations.append(annotation)
+    return annotations
+
+
+def write_coco_json(path: str | Path, images: list[dict], annotations: list[dict],
+                    categories: list[dict] | None = None) -> Path:
+    """Write a COCO dataset file (images, annotations, categories; default one category "cell"), atomically."""
+    import json
+
+    from cellzoo.io.files import write_text
+
+    document = {"images": images, "annotations": annotations,
+                "categories": categories if categories is not None else [{"id": 1, "name": "cell"}]}
+    return write_text(path, json.dumps(document, indent=1) + "\n")
+
+
 def coco_to_label_image(annotations: list[dict], height: int, width: int, id_key: str | None = None) -> np.ndarray:
     """Rasterise annotations into an instance label image (label i+1, or ann[id_key]); later ones on top."""
     values = [int(a[id_key]) if id_key else i + 1 for i, a in enumerate(annotations)]

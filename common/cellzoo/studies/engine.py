@@ -82,7 +82,9 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
     rows = []
     for seed in study.seeds:
         order = random.Random(seed).sample(pool, len(pool))
-        checkpoints = {name: pretrain(study, name, seed, test, progress) for name in _pretrainings_needed(study)}
+        checkpoints: dict[str, Path] = {}
+        for name in _pretrainings_needed(study):  # a pretraining's own init comes before it
+            checkpoints[name] = pretrain(study, name, seed, test, progress, checkpoints)
         for n in study.sizes:
             for arm in study.arms:
                 rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
@@ -115,8 +117,15 @@ def _check_arms(task: TaskSpec, arms: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _pretrainings_needed(study: Study) -> list[str]:
-    inits = [study.task.arms[arm].init for arm in study.arms]
-    return list(dict.fromkeys(name for name in inits if name is not None))
+    """The pretrainings the chosen arms start from, each preceded by the pretraining it starts from."""
+    needed: list[str] = []
+    for arm in study.arms:
+        chain, name = [], study.task.arms[arm].init
+        while name is not None:
+            chain.insert(0, name)
+            name = study.task.pretrainings[name].init
+        needed += [name for name in chain if name not in needed]
+    return needed
 
 
 def _check_pretrain_data(study: Study) -> None:
@@ -188,11 +197,13 @@ def _overrides(study: Study, kind: str, step_overrides: dict, arm_overrides: dic
     return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
 
 
-def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Progress) -> Path:
+def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Progress,
+             checkpoints: dict[str, Path] | None = None) -> Path:
     """Run the pretraining `name` for `seed` (once: later calls find its marker); returns its model.pt.
 
     A pretraining on the pool takes every item of the data set but the test items, labelled or not (its
-    labels are not used); one with `data: pretrain_data` takes the --pretrain-data folder as it is.
+    labels are not used); one with `data: pretrain_data` takes the --pretrain-data folder as it is. One
+    with `init` starts from that pretraining's checkpoint (in `checkpoints`, run before it).
     """
     step: Pretraining = study.task.pretrainings[name]
     folder = study.out / f"seed{seed}" / f"pretrain_{name}"
@@ -204,6 +215,8 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     data = {"dataset_dir": str(study.data), "exclude_items": test} if step.data == "pool" else \
         {"dataset_dir": str(study.pretrain_data)}
     run = {**data, "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
+    if step.init is not None:
+        run["init_ckpt"] = str((checkpoints or {})[step.init])
     run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, {}, run))
     _require(folder / "model.pt", what)
     _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else []})

@@ -33,9 +33,11 @@ class Step:
 
 @dataclass(frozen=True)
 class Pretraining(Step):
-    """A pretraining step and where its data comes from (one of PRETRAIN_DATA)."""
+    """A pretraining step, where its data comes from (one of PRETRAIN_DATA) and the pretraining whose
+    checkpoint initialises it (`init`: None, or another pretraining of the task, which then runs first)."""
 
     data: str = "pool"
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,16 @@ def _task(name: str, raw: dict) -> TaskSpec:
         data = body.get("data", "pool")
         if data not in PRETRAIN_DATA:
             raise ValueError(f"task {name}, pretraining {pre_name}: data must be one of {PRETRAIN_DATA}")
-        pretrainings[pre_name] = Pretraining(str(body["config"]), dict(body.get("overrides") or {}), data)
+        pretrainings[pre_name] = Pretraining(str(body["config"]), dict(body.get("overrides") or {}), data,
+                                             body.get("init"))
+    for pre_name, pre in pretrainings.items():  # chains of pretrainings must end, in one of the task's
+        seen = [pre_name]
+        while pretrainings[seen[-1]].init is not None:
+            init = pretrainings[seen[-1]].init
+            if init not in pretrainings or init in seen:
+                raise ValueError(f"task {name}, pretraining {pre_name}: init {init!r} is not another of its "
+                                 "pretrainings (or the chain is circular)")
+            seen.append(init)
     arms = {}
     for arm_name, body in _mapping(raw, "arms").items():
         body = body or {}

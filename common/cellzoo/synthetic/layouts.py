@@ -13,11 +13,16 @@ from scipy import ndimage
 from cellzoo.errors import InputError
 from cellzoo.io.coco import label_image_to_coco
 from cellzoo.io.images import read_image, write_ome_tiff, write_png, write_tiff
+from cellzoo.synthetic.objects import write_objects
 from cellzoo.synthetic.optics import render_field
 from cellzoo.synthetic.shapes import DENSITIES
+from cellzoo.synthetic.splits import CocoSplits, child_seed
 from cellzoo.synthetic.timelapse import render_timelapse
 
 LAYOUTS = ("cellseg", "ctc", "coco", "lightmycells", "isl")
+# not microscopy: COCO-like natural-object images (cellzoo.synthetic.objects), the stand-in for COCO when a
+# method pretrains on natural images first (CUPre); `synthesize` writes them, LAYOUTS lists microscopy only
+OTHER_LAYOUTS = ("objects",)
 CELLSEG_MODALITIES = ("nuclear", "membrane", "brightfield", "phase", "dic")
 LMC_INPUTS = {"BF": "brightfield", "PC": "phase", "DIC": "dic"}
 LMC_TARGETS = {"Nucleus": "nuclear", "Mitochondria": "mitochondria", "Tubulin": "tubulin", "Actin": "actin"}
@@ -25,11 +30,6 @@ RADIUS_CHOICES = ((6.0, 12.0), (8.0, 20.0), (12.0, 26.0))  # mixed magnification
 
 
 # ---------------------------------------------------------------- file helpers
-
-def child_seed(seed: int, *keys: int) -> int:
-    """Independent, reproducible seed for image/sequence `keys` of a data set with seed `seed`."""
-    return int(np.random.SeedSequence([int(seed), *keys]).generate_state(1)[0])
-
 
 def to_uint16(img: np.ndarray) -> np.ndarray:
     """[0, 1] float -> full-range uint16."""
@@ -121,37 +121,20 @@ def write_ctc(out: Path, n: int, seed: int, size: tuple[int, int], n_sequences: 
 
 # ---------------------------------------------------------------- coco
 
-def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Deterministic train/val/test sizes; at least one image per split when n >= 3."""
-    n_val, n_test = (int(round(n * f)) for f in fractions[1:])
-    if n >= 3:
-        n_val, n_test = max(n_val, 1), max(n_test, 1)
-    n_test = min(n_test, n - n_val)
-    return n - n_val - n_test, n_val, n_test
-
-
 def write_coco(out: Path, n: int, seed: int, size: tuple[int, int], density: str | float | None = None,
                cell_radius: tuple[float, float] | None = (8, 20),
                split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> None:
     """LIVECell-style: images/<name>.tif (phase contrast uint8) and coco_{train,val,test}.json."""
-    n_train, n_val, _ = split_counts(n, tuple(split))
-    parts = {"train": [], "val": [], "test": []}
-    next_ann = 1
+    splits = CocoSplits(n, split)
     for i in range(1, n + 1):
         rng = np.random.default_rng(child_seed(seed, i))
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density),
                          pick_radius(rng, cell_radius), ("phase",))
         name = f"SYNTH_Phase_{i:05d}.tif"
         write_tiff(out / "images" / name, to_uint8(f["images"]["phase"]), "YX")
-        anns = label_image_to_coco(f["labels_cells"], i, start_ann_id=next_ann)
-        next_ann += len(anns)
-        part = "train" if i <= n_train else "val" if i <= n_train + n_val else "test"
-        parts[part].append(({"id": i, "file_name": name, "width": size[1], "height": size[0]}, anns))
-    for part, items in parts.items():
-        doc = {"info": {"description": f"cellzoo synthetic phase contrast ({part})"},
-               "images": [im for im, _ in items], "annotations": [a for _, anns in items for a in anns],
-               "categories": [{"id": 1, "name": "cell"}]}
-        (out / f"coco_{part}.json").write_text(json.dumps(doc))
+        splits.add({"id": i, "file_name": name, "width": size[1], "height": size[0]},
+                   label_image_to_coco(f["labels_cells"], i, start_ann_id=splits.next_ann_id))
+    splits.write(out, "cellzoo synthetic phase contrast", [{"id": 1, "name": "cell"}])
 
 
 # ---------------------------------------------------------------- lightmycells
@@ -218,13 +201,13 @@ def write_isl(out: Path, n: int, seed: int, size: tuple[int, int], dz: float = 1
 # ---------------------------------------------------------------- entry point
 
 WRITERS = {"cellseg": write_cellseg, "ctc": write_ctc, "coco": write_coco, "lightmycells": write_lightmycells,
-           "isl": write_isl}
+           "isl": write_isl, "objects": write_objects}
 
 
 def layout_options(layout: str) -> tuple[str, ...]:
     """Option names `synthesize` accepts for a layout."""
     if layout not in WRITERS:
-        raise InputError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        raise InputError(f"unknown layout {layout!r}; choose one of {LAYOUTS + OTHER_LAYOUTS}")
     return tuple(inspect.signature(WRITERS[layout]).parameters)[4:]
 
 

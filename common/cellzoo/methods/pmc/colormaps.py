@@ -8,7 +8,7 @@ backend) and applied by indexing, with matplotlib's own quantisation (floor(x * 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ COLORMAPS = ("nipy_spectral", "rainbow", "viridis", "seismic")
 LEVELS = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def lookup_table(name: str) -> np.ndarray:
     """(256, 3) float32 RGB table of a colormap in COLORMAPS."""
     if name not in COLORMAPS:
@@ -48,5 +48,5 @@ def colorize(image, name: str = "nipy_spectral"):
     table = lookup_table(name)
     index = _indices(image)
     if isinstance(image, torch.Tensor):
-        return torch.as_tensor(table, device=image.device)[index].permute(2, 0, 1).contiguous()
+        return torch.from_numpy(table.copy()).to(image.device)[index].permute(2, 0, 1).contiguous()
     return np.ascontiguousarray(np.moveaxis(table[index], -1, 0))

@@ -47,7 +47,7 @@ def mae_mask(height: int, width: int, rng: np.random.Generator, patch: int = 27,
         raise ValueError(f"need patch >= 1 and 0 <= ratio <= 1, got {patch}, {ratio}")
     rows, cols = math.ceil(height / patch), math.ceil(width / patch)
     chosen = np.zeros(rows * cols, dtype=bool)
-    chosen[rng.permutation(rows * cols)[: int(round(ratio * rows * cols))]] = True
+    chosen[rng.permutation(rows * cols)[: round(ratio * rows * cols)]] = True
     return np.kron(chosen.reshape(rows, cols), np.ones((patch, patch), dtype=bool))[:height, :width]
 
 

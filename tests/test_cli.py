@@ -238,7 +238,16 @@ def test_synth_and_list(tmp_path, capsys):
     assert len(images) == 2 and len(labels) == 2
     assert tifffile.imread(labels[0]).shape == (64, 96)
     code, out, _ = run_cli(["list"], capsys)
-    assert code == 0 and "cellseg" in out
+    assert code == 0 and "cellseg" in out and "natural-object images: objects" in out
+
+
+def test_synth_objects_writes_coco_with_four_categories(tmp_path, capsys):
+    code, _, _ = run_cli(["synth", "--layout", "objects", "--n", "3", "--out", str(tmp_path / "o"), "--size", "64,64"],
+                         capsys)
+    assert code == 0
+    train = json.loads((tmp_path / "o" / "coco_train.json").read_text())
+    assert [c["name"] for c in train["categories"]] == ["ellipse", "rectangle", "triangle", "star"]
+    assert len(train["images"]) == 1 and (tmp_path / "o" / "images" / train["images"][0]["file_name"]).is_file()
 
 
 def test_synth_bad_layout(tmp_path, capsys):

@@ -22,9 +22,9 @@ from cellzoo.synthetic import synthesize
 class Recorder:
     """Stands in for cellzoo.bundles.run_config: records each run and writes its outputs."""
 
-    def __init__(self, fail_at: int | None = None):
+    def __init__(self, fail_at: int | None = None, metric: str = "iou"):
         self.calls: list[tuple[str, dict]] = []
-        self.fail_at = fail_at
+        self.fail_at, self.metric = fail_at, metric
 
     def __call__(self, bundle: str, config: str, quick: bool = False, **overrides) -> None:
         if self.fail_at is not None and len(self.calls) == self.fail_at:
@@ -34,7 +34,7 @@ class Recorder:
             trained = json.loads(Path(overrides["checkpoints"][0]).read_text())
             score = 0.1 * len(trained["train_items"]) + (0.5 if trained["init_ckpt"] else 0.0)
             Path(overrides["output_dir"]).mkdir(parents=True, exist_ok=True)
-            Path(overrides["output_dir"], "metrics.json").write_text(json.dumps({"iou": score, "dice": 1.0, "n": 3}))
+            Path(overrides["output_dir"], "metrics.json").write_text(json.dumps({self.metric: score, "dice": 1.0, "n": 3}))
         else:  # a training: its "weights" are a record of what it trained on and from
             Path(overrides["ckpt_dir"]).mkdir(parents=True, exist_ok=True)
             record = {"train_items": overrides.get("train_items"), "init_ckpt": overrides.get("init_ckpt")}
@@ -121,6 +121,34 @@ def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
         study(fields, tmp_path / "c", sizes=[1], seeds=[0], n_test=3)
     with pytest.raises(InputError, match="pass --pretrain-data"):
         run_study("mediar_cellseg", fields, [1], out=tmp_path / "d")
+
+
+def test_a_pretraining_starts_from_the_pretraining_it_names(tmp_path, monkeypatch):
+    """CUPre's study: AMT2 (arm cupre) starts from the COCO pretraining, which therefore runs first, once per
+    seed, even when no chosen arm starts from COCO itself."""
+    recorder = Recorder(metric="bbox_AP")
+    monkeypatch.setattr(engine, "run_config", recorder)
+    cells = synthesize("coco", 6, tmp_path / "cells", seed=0, size=(64, 64))
+    run_study("cupre_instance_seg", cells, [1], arms=["scratch", "cupre"], seeds=[0, 1], pretrain_data=tmp_path / "objects",
+              out=tmp_path / "study", n_test=1)
+    order = [config for config, _ in recorder.calls if config.startswith("pretrain")]
+    assert order == ["pretrain_coco", "pretrain_amt2"] * 2  # no Cells-MoCo: no chosen arm starts from it
+    for coco, amt2 in zip(recorder.of("pretrain_coco"), recorder.of("pretrain_amt2")):
+        assert amt2["init_ckpt"] == str(Path(coco["ckpt_dir"]) / "model.pt") and "init_ckpt" not in coco
+        assert coco["dataset_dir"] == str(tmp_path / "objects") and amt2["coco_dir"] == str(tmp_path / "objects")
+    cupre = [t for t in recorder.of("train") if "cupre" in t["ckpt_dir"]]
+    assert [t["init_ckpt"] for t in cupre] == [str(Path(a["ckpt_dir"]) / "model.pt") for a in recorder.of("pretrain_amt2")]
+
+
+@pytest.mark.parametrize("inits, message", [({"a": "b", "b": "a"}, "circular"), ({"a": "c"}, "'c' is not another")])
+def test_study_refuses_pretraining_chains_that_do_not_end(inits, message):
+    from cellzoo.studies.spec import _task
+
+    raw = {"finetune": {"config": "train"}, "evaluate": {"config": "evaluate"}, "arms": {"scratch": {}},
+           "pretrainings": {name: {"config": "pretrain", "init": init} for name, init in inits.items()}}
+    raw["pretrainings"].setdefault("b", {"config": "pretrain"})
+    with pytest.raises(ValueError, match=message):
+        _task("t", raw)
 
 
 def test_label_budgets_take_numbers_and_fractions():

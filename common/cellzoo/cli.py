@@ -227,6 +227,7 @@ class CellzooCLI:
         """List the bundles, their task and the configs (tasks) each offers."""
         from cellzoo.bundles import bundles_dir, list_bundles
         from cellzoo.synthetic import LAYOUTS
+        from cellzoo.synthetic.layouts import OTHER_LAYOUTS
 
         bundles = list_bundles()
         if not bundles:
@@ -234,18 +235,20 @@ class CellzooCLI:
         for info in bundles:
             print(f"{info['name']}  v{info['version']}  {info['task']}")
             print(f"    configs: {', '.join(info['configs'])}")
-        print(f"synthetic layouts: {', '.join(LAYOUTS)}")
+        print(f"synthetic layouts: {', '.join(LAYOUTS)}; natural-object images: {', '.join(OTHER_LAYOUTS)}")
 
     def synth(self, layout: str, n: int, out: str, seed: int = 0, size="256,256", depth: int | None = None):
         """Write a synthetic dataset with ground truth in a published layout.
 
-        --layout cellseg|ctc|coco|lightmycells|isl, --n images (frames for ctc), --size H,W,
-        --depth Z makes 3D stacks (ctc only).
+        --layout cellseg|ctc|coco|lightmycells|isl, or objects (COCO-like natural-object images, the
+        stand-in for COCO in CUPre studies); --n images (frames for ctc), --size H,W, --depth Z makes 3D
+        stacks (ctc only).
         """
         from cellzoo.synthetic import LAYOUTS, synthesize
+        from cellzoo.synthetic.layouts import OTHER_LAYOUTS
 
-        if layout not in LAYOUTS:
-            raise InputError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout not in LAYOUTS + OTHER_LAYOUTS:
+            raise InputError(f"--layout must be one of {', '.join(LAYOUTS + OTHER_LAYOUTS)}, got {layout!r}")
         if int(n) < 1:
             raise InputError(f"--n must be at least 1, got {n}")
         options = {} if depth is None else {"depth": int(depth)}

@@ -108,6 +108,23 @@ def test_settings_reach_every_step(fields, tmp_path, monkeypatch):
     assert all(overrides.get("seed", 0) == 0 for config, overrides in recorder.calls if config != "evaluate")
 
 
+def test_pretrain_settings_reach_pretraining_steps_only(fields, tmp_path, monkeypatch, capsys):
+    recorder = Recorder()
+    monkeypatch.setattr(engine, "run_config", recorder)
+    study(fields, tmp_path, sizes=[1], seeds=[0], settings={"roi_size": 32, "max_epochs": 3},
+          pretrain_settings={"max_epochs": 50})
+    assert [o["max_epochs"] for o in recorder.of("pretrain")] == [50]  # after --set
+    assert {o["max_epochs"] for c, o in recorder.calls if c != "pretrain"} == {3}
+    with pytest.raises(InputError, match="other settings \\(pretrain_settings\\)"):
+        study(fields, tmp_path, sizes=[1], seeds=[0], settings={"roi_size": 32, "max_epochs": 3})
+    # through the command: keys are checked against the task's pretraining config
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "isl_segmentation", str(fields), "--task", "nuclei", "--pretrain-set", "{nonsense: 1}",
+              "--out", str(tmp_path / "cli")])
+    assert exit_info.value.code == 2
+    assert "--pretrain-set: 'nonsense' is not a key of isl_segmentation's pretrain.yaml" in capsys.readouterr().err
+
+
 def test_study_refuses_bad_requests(fields, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "run_config", Recorder())
     with pytest.raises(InputError, match="--sizes must lie in 1..5"):

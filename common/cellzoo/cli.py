@@ -81,7 +81,7 @@ def _check_prediction_folder(output: Path, overwrite: bool) -> None:
                          "--output", output)
 
 
-def _config_settings(value, bundle: str, config: str, quick: bool) -> dict:
+def _config_settings(value, bundle: str, config: str, quick: bool, option: str = "--set") -> dict:
     """--set as a mapping of existing config keys to plain data ("{key: value, ...}", YAML or a dict)."""
     import re
 
@@ -95,14 +95,27 @@ def _config_settings(value, bundle: str, config: str, quick: bool) -> dict:
     try:
         settings = yaml.safe_load(value) if isinstance(value, str) else value
     except yaml.YAMLError as err:
-        raise InputError(f"--set must be a mapping such as \"{{task: cells}}\" ({err})") from err
+        raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\" ({err})") from err
     if not isinstance(settings, dict):
-        raise InputError(f"--set must be a mapping such as \"{{task: cells}}\", got {value!r}")
+        raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\", got {value!r}")
     parser = ConfigParser()
     parser.read_config(config_files(bundle, config, quick))
     for key in settings:
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(#\w+)*", key) or key not in parser:
-            raise InputError(f"--set: {key!r} is not a key of {bundle}'s {config}.yaml")
+            raise InputError(f"{option}: {key!r} is not a key of {bundle}'s {config}.yaml")
+    return settings
+
+
+def _pretrain_settings(value, bundle: str, spec, quick: bool) -> dict:
+    """--pretrain-set, checked against every pretraining config of the study's task."""
+    if value is None:
+        return {}
+    configs = sorted({step.config for step in spec.pretrainings.values()})
+    if not configs:
+        raise InputError(f"--pretrain-set: the {spec.name} study of {bundle} has no pretraining")
+    settings = {}
+    for config in configs:
+        settings = _config_settings(value, bundle, config, quick, "--pretrain-set")
     return settings
 
 
@@ -292,7 +305,7 @@ class CellzooCLI:
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
               quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None,
-              set=None):
+              set=None, pretrain_set=None):
         """Label-efficiency study of a bundle: arms x label budgets x seeds through the bundle's own configs.
 
         The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
@@ -301,17 +314,20 @@ class CellzooCLI:
         fractions such as 0.05,0.2 of the training pool). Pretrainings run once per seed (--pretrain-data
         for those that train on another data set). Interrupted studies resume: run the same command again.
         Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
-        --set "{inputs: [DIC]}" sets keys of the bundle's configs for every step (values are data).
+        --set "{inputs: [DIC]}" sets keys of the bundle's configs for every step (values are data);
+        --pretrain-set "{max_epochs: 100}" sets keys for the pretraining steps only, after --set.
         """
         from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
         spec = load_study(bundle).task(task)
         settings = _config_settings(set, bundle, spec.finetune.config, bool(quick))
+        pretrain_settings = _pretrain_settings(pretrain_set, bundle, spec, bool(quick))
         rows = run_study(bundle, _path(data, "--data"), _float_list(sizes, "--sizes"),
                          arms=None if arms is None else _name_list(arms), seeds=_int_list(seeds, "--seeds"),
                          task=spec.name, quick=bool(quick), out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
-                         n_test=None if n_test is None else int(n_test), settings=settings)
+                         n_test=None if n_test is None else int(n_test), settings=settings,
+                         pretrain_settings=pretrain_settings)
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))

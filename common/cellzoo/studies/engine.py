@@ -55,23 +55,25 @@ class Study:
     quick_overrides: dict
     pretrain_data: Path | None = None
     settings: dict = field(default_factory=dict)  # the user's --set values, for every step
+    pretrain_settings: dict = field(default_factory=dict)  # --pretrain-set values, for pretraining steps only
 
 
 def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
               pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0,
-              settings: dict | None = None) -> list[dict]:
+              settings: dict | None = None, pretrain_settings: dict | None = None) -> list[dict]:
     """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}.
 
     `sizes` are label budgets: numbers of labelled items, or fractions (0 < f < 1) of the training pool.
-    `settings` are config values for every step (e.g. the input planes of a data set).
+    `settings` are config values for every step (e.g. the input planes of a data set), `pretrain_settings`
+    for the pretraining steps only, after `settings` (e.g. a longer pretraining).
     """
     spec = load_study(bundle)
     task_spec = spec.task(task)
     study = Study(spec.bundle, task_spec, Path(data).absolute(), (), _check_arms(task_spec, arms),
                   tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick), Path(out).absolute() / task_spec.name,
                   spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute(),
-                  dict(settings or {}))
+                  dict(settings or {}), dict(pretrain_settings or {}))
     _check_pretrain_data(study)
     test, pool = split_test(labelled_items(study), n_test, split_seed, study.data)
     study = replace(study, sizes=label_budgets(sizes, len(pool), task_spec.units, len(test)))
@@ -161,10 +163,12 @@ def _check_manifest(study: Study, test: list[str]) -> None:
     manifest = {"bundle": study.bundle, "task": study.task.name, "data": str(study.data), "test_items": test,
                 "quick": study.quick, "pretrain_data": None if study.pretrain_data is None else str(study.pretrain_data),
                 "settings": study.settings}
+    if study.pretrain_settings:  # only when given, so folders of studies without them still resume
+        manifest["pretrain_settings"] = study.pretrain_settings
     path = study.out / MANIFEST
     if path.is_file():
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+        changed = sorted(k for k in set(manifest) | set(previous) if previous.get(k) != manifest.get(k))
         if changed:
             raise InputError(f"this folder holds a study with other settings ({', '.join(changed)}); "
                              "use another --out or remove it", path.parent)
@@ -189,10 +193,10 @@ class Progress:
 
 
 def _overrides(study: Study, kind: str, step_overrides: dict, arm_overrides: dict, run: dict) -> dict:
-    """Task, step, --quick, arm and --set overrides, then the run's own keys (data, items, seed, folders);
+    """Task, step, --quick, arm, --set (and for pretraining --pretrain-set) overrides, then the run's own keys (data, items, seed, folders);
     later ones win; placeholders filled."""
     merged = {**study.task.overrides, **step_overrides, **study.quick_overrides.get(kind, {}), **arm_overrides,
-              **study.settings, **run}
+              **study.settings, **(study.pretrain_settings if kind == "pretrain" else {}), **run}
     fill = {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)}
     return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
 

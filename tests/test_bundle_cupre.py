@@ -19,7 +19,8 @@ import torch
 
 import bundle_cli
 from cellzoo.engines import read_state_dict
-from cellzoo.io import load_coco_json
+from cellzoo.io import coco_to_label_image, load_coco_json
+from cellzoo.metrics import evaluate_instances
 from cellzoo.synthetic import synthesize
 
 BUNDLE = "cupre_instance_seg"
@@ -79,6 +80,10 @@ def test_cupre_end_to_end(data):
     for prefix in ("", "coco_"):
         for iou_type in ("bbox", "segm"):
             assert {f"{prefix}{iou_type}_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR")} <= set(metrics)
+    # F1 at IoU 0.5 of the label images evaluate wrote, against the rasterised ground truth
+    pairs = [(coco_to_label_image([a for a in test["annotations"] if a["image_id"] == im["id"]], im["height"], im["width"]),
+              tifffile.imread(out / "labels" / f"{Path(im['file_name']).stem}_label.tiff")) for im in test["images"]]
+    assert metrics["f1"] == pytest.approx(evaluate_instances(pairs)["f1"])
 
     predictions = root / "pred"
     run(["inference"], "--input_dir", str(data["new"] / "images"), "--output_dir", str(predictions),

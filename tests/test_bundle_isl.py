@@ -17,6 +17,7 @@ import torch
 
 import bundle_cli
 from cellzoo.engines import read_state_dict
+from cellzoo.metrics import evaluate_instances, label_pairs_coco_ap
 from cellzoo.synthetic import synthesize
 
 BUNDLE = "isl_segmentation"
@@ -52,7 +53,7 @@ def test_isl_end_to_end(fields):
     run("train_cells", "--dataset_dir", data, "--init_ckpt", str(root / "pretext_cells" / "model.pt"),
         "--ckpt_dir", str(root / "cells"), "--output_dir", str(root / "r4"), *SHORT)
 
-    for task, ckpt, inputs, keys in [("fluorescence", pretext, "['BRIGHTFIELD_z0','BRIGHTFIELD_z1','PHASE']", {"pcc", "ssim"}),
+    for task, ckpt, inputs, keys in [("fluorescence", pretext, "['BRIGHTFIELD_z0','BRIGHTFIELD_z1','PHASE']", {"pcc", "ssim", "psnr"}),
                                      ("nuclei", root / "nuclei" / "model.pt", "['BRIGHTFIELD_z0','BRIGHTFIELD_z1','PHASE']", {"iou", "dice"}),
                                      ("cells", root / "cells" / "model.pt", "['DIC']", {"map", "f1"})]:
         out = root / f"eval_{task}"
@@ -61,6 +62,18 @@ def test_isl_end_to_end(fields):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["task"] == task and metrics["n_fields"] == 6 and metrics["crops_per_image"] == 3
         assert keys <= set(metrics)
+
+    # whole-field instance scores (F1 at IoU 0.5, COCO box and mask AP) of the labels evaluate_instances wrote
+    out = root / "eval_instances"
+    run("evaluate_instances", "--task", "nuclei", "--dataset_dir", data, "--checkpoints",
+        f"['{root / 'nuclei' / 'model.pt'}']", "--output_dir", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = sorted(p.name for p in fields["train"].glob("field_*"))
+    pairs = [(tifffile.imread(fields["train"] / name / "label_nuclei.tif"), tifffile.imread(out / "labels" / f"{name}_label.tiff"))
+             for name in names]
+    assert metrics["n_images"] == len(names) == 6
+    assert metrics["f1"] == pytest.approx(evaluate_instances(pairs)["f1"])
+    assert metrics["box_ap"] == pytest.approx(label_pairs_coco_ap(pairs)["box_ap"])
 
     new = fields["new"]
     predictions = root / "pred"

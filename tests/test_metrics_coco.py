@@ -259,3 +259,33 @@ def test_bad_inputs_raise_input_error():
         coco_evaluate(gt, [], protocol="nope")
     with pytest.raises(InputError):
         coco_evaluate(gt, [{"image_id": 1, "category_id": 1, "segmentation": {}}])  # no score
+
+
+def test_label_pairs_coco_ap_scores_segmenter_outputs():
+    """Box and mask AP of label images: 1 when every cell is found, 51/101 when half are; without scores
+    the instances rank in label order, with scores as given."""
+    from cellzoo.metrics import label_pairs_coco_ap
+
+    gt = squares_label(2, 2, 10, 6, (40, 40))
+    assert label_pairs_coco_ap([(gt, gt)]) == {"box_ap": 1.0, "box_ap50": 1.0, "mask_ap": 1.0, "mask_ap50": 1.0}
+    half = np.where(gt <= 2, gt, 0)
+    assert label_pairs_coco_ap([(gt, half)])["mask_ap"] == pytest.approx(51 / 101)
+    two = squares_label(1, 2, 10, 5, (40, 40))
+    with_fp = two.copy()
+    with_fp[30:38, 30:38] = 3  # a false positive, last in label order
+    assert label_pairs_coco_ap([(two, with_fp)])["box_ap"] == pytest.approx(1.0)  # ranked after both hits
+    scored = label_pairs_coco_ap([(two, with_fp)], scores=[{1: 0.8, 2: 0.7, 3: 0.9}])
+    assert scored["box_ap"] == pytest.approx(2 / 3) and scored["mask_ap50"] == pytest.approx(2 / 3)  # ranked first
+    assert label_pairs_coco_ap([(gt, np.zeros_like(gt))])["box_ap"] == 0.0
+
+
+def test_instance_report_holds_f1_and_coco_ap(tmp_path):
+    from cellzoo.io import write_tiff
+    from cellzoo.metrics.folders import write_instance_report
+
+    gt = squares_label(2, 2, 10, 6, (40, 40))
+    write_tiff(tmp_path / "gt" / "a_label.tiff", gt, "YX")
+    write_tiff(tmp_path / "pred" / "a_label.tiff", np.where(gt <= 2, gt, 0), "YX")
+    report = write_instance_report(tmp_path / "pred", tmp_path / "gt", tmp_path / "m.json")
+    assert report["f1"] == pytest.approx(2 / 3) and report["mask_ap"] == pytest.approx(51 / 101)
+    assert json.loads((tmp_path / "m.json").read_text())["box_ap"] == pytest.approx(51 / 101)

@@ -1,6 +1,6 @@
 """Evaluation metrics: instance matching/F1/AP, COCO AP (coco and livecell protocols), image-to-image scores."""
 
-from cellzoo.metrics.coco import PROTOCOLS, coco_evaluate, labels_to_coco_results
+from cellzoo.metrics.coco import PROTOCOLS, coco_evaluate, label_pairs_coco_ap, labels_to_coco_results
 from cellzoo.metrics.image import image_metrics, mean_image_metrics, percentile_normalize
 from cellzoo.metrics.instance import (
     average_precision,
@@ -19,6 +19,7 @@ __all__ = [
     "image_metrics",
     "instance_scores",
     "iou_matrix",
+    "label_pairs_coco_ap",
     "labels_to_coco_results",
     "match_instances",
     "mean_image_metrics",

@@ -187,3 +187,27 @@ def labels_to_coco_results(
     return [{"image_id": int(image_id), "category_id": int(category_id), "segmentation": a["segmentation"],
              "bbox": [float(v) for v in a["bbox"]], "area": float(a["area"]), "score": score}
             for a, score in zip(annotations, score_list)]
+
+
+def label_pairs_coco_ap(pairs: Sequence[tuple[np.ndarray, np.ndarray]], scores: Sequence | None = None,
+                        protocol: str = "coco") -> dict:
+    """COCO box and mask AP (and AP50) of predicted label images against true ones, all images together.
+
+    `pairs` are (ground truth, prediction) label images; `scores` gives each prediction's per-instance scores
+    (as `labels_to_coco_results` takes them). Without scores every instance scores 1.0 and pycocotools
+    ranks them in label order: a segmenter that gives no confidence gets the AP of that one ranking.
+    Returns box_ap, box_ap50, mask_ap, mask_ap50 (-1 where undefined: no ground-truth instance).
+    """
+    images, truth, results = [], [], []
+    for image_id, (gt, pred) in enumerate(pairs, start=1):
+        gt = check_labels(gt, "ground truth")
+        images.append({"id": image_id, "height": int(gt.shape[0]), "width": int(gt.shape[1])})
+        for annotation in label_image_to_coco(gt, image_id, start_ann_id=len(truth) + 1, segmentation="rle"):
+            truth.append({**annotation, "iscrowd": 0})
+        results += labels_to_coco_results(pred, image_id, None if scores is None else scores[image_id - 1])
+    document = {"images": images, "annotations": truth, "categories": [{"id": 1, "name": "cell"}]}
+    out = {}
+    for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
+        summary = coco_evaluate(document, results, iou_type=iou_type, protocol=protocol)
+        out[f"{prefix}_ap"], out[f"{prefix}_ap50"] = float(summary["AP"]), float(summary["AP50"])
+    return out

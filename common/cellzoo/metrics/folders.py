@@ -20,7 +20,7 @@ from cellzoo.io import (
     read_labels,
     write_text,
 )
-from cellzoo.metrics.coco import coco_evaluate
+from cellzoo.metrics.coco import coco_evaluate, label_pairs_coco_ap
 from cellzoo.metrics.image import mean_image_metrics
 from cellzoo.metrics.instance import evaluate_instances
 
@@ -74,13 +74,23 @@ def evaluate_coco_files(pred_json, gt_json, iou_type: str = "segm", protocol: st
     return coco_evaluate(gt, pred, iou_type=iou_type, protocol=protocol)
 
 
-def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_margin: int = 0,
-                          extra_ious: Sequence[float] = (0.6, 0.7, 0.8, 0.9)) -> dict:
-    """Score label folders at `iou` (plus F1 at `extra_ious`), write the JSON report and return it."""
-    pairs = read_instance_pairs(pred_dir, gt_dir)
+def instance_report(pairs: Sequence[tuple[np.ndarray, np.ndarray]], iou: float = 0.5, border_margin: int = 0,
+                    extra_ious: Sequence[float] = (0.6, 0.7, 0.8, 0.9)) -> dict:
+    """Scores of (ground truth, prediction) label images: F1 at `iou` (and at `extra_ious`) and AP over
+    0.5..0.95 with the border exclusion, plus COCO box and mask AP (`box_ap`, `mask_ap`, and at IoU 0.5)
+    over every cell, the border included, as detectors are scored; label images carry no confidence, so
+    every instance scores 1.0 there (see `label_pairs_coco_ap`)."""
     report = evaluate_instances(pairs, iou=iou, border_margin=border_margin)
     report["border_margin"] = border_margin
     report["f1_at"] = {f"{t:.2f}": evaluate_instances(pairs, iou=t, border_margin=border_margin)["f1"] for t in extra_ious}
+    report.update(label_pairs_coco_ap(pairs))
+    return report
+
+
+def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_margin: int = 0,
+                          extra_ious: Sequence[float] = (0.6, 0.7, 0.8, 0.9)) -> dict:
+    """Score label folders paired by stem (`instance_report`), write the JSON report and return it."""
+    report = instance_report(read_instance_pairs(pred_dir, gt_dir), iou, border_margin, extra_ious)
     write_text(out_json, json.dumps(report, indent=2) + "\n")
     logger.info("F1@%.2f = %.4f over %d images -> %s", iou, report["f1"], report["n_images"], out_json)
     return report

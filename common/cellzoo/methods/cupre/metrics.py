@@ -13,8 +13,8 @@ import torch
 from ignite.metrics import Metric
 
 from cellzoo.errors import InputError
-from cellzoo.io import file_stem, load_coco_json, write_text
-from cellzoo.metrics import coco_evaluate
+from cellzoo.io import coco_to_label_image, file_stem, load_coco_json, read_labels, write_text
+from cellzoo.metrics import coco_evaluate, evaluate_instances
 from cellzoo.methods.cupre.masks import detections_to_coco
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,19 @@ def _score(gt: dict, results: list[dict], iou_type: str, protocol: str) -> dict:
     if not gt["annotations"]:
         return {"AP": -1.0}
     return coco_evaluate(gt, results, iou_type=iou_type, protocol=protocol)
+
+
+def _instance_f1(prediction_dir: Path, records: Sequence[dict], iou: float = 0.5) -> dict:
+    """F1, precision and recall at `iou` of labels/<stem>_label.tiff against the rasterised ground truth."""
+    pairs = []
+    for record in records:
+        path = prediction_dir / "labels" / f"{file_stem(record['image'])}_label.tiff"
+        if not path.is_file():
+            raise InputError("no predicted label image for this image", path)
+        truth = coco_to_label_image(record["annotations"], int(record["height"]), int(record["width"]))
+        pairs.append((truth, read_labels(path, allow_empty=True)))
+    scores = evaluate_instances(pairs, iou=iou)
+    return {name: float(scores[name]) for name in ("f1", "precision", "recall")}
 
 
 class DetectionAPMetric(Metric):
@@ -110,7 +123,9 @@ def write_detection_report(prediction_dir: str | Path, records: Sequence[dict], 
     (position in `category_ids`), or all 1 with `merge_categories`.
 
     Box and mask AP, AP50, AP75, APs/m/l and AR with the LIVECell protocol (maxDets 100/500/2000, cell size
-    ranges; keys `bbox_AP`, `segm_AP`, ...) and with the COCO protocol (keys `coco_bbox_AP`, ...).
+    ranges; keys `bbox_AP`, `segm_AP`, ...) and with the COCO protocol (keys `coco_bbox_AP`, ...); and F1,
+    precision and recall at IoU 0.5 of the label images it wrote (<prediction_dir>/labels), as segmenters
+    are scored (`f1`, `precision`, `recall`).
     """
     prediction_dir = Path(prediction_dir)
     results = []
@@ -128,6 +143,7 @@ def write_detection_report(prediction_dir: str | Path, records: Sequence[dict], 
         for iou_type in IOU_TYPES:
             for key, value in _score(gt, results, iou_type, protocol).items():
                 report[f"{prefix}{iou_type}_{key}"] = float(value)
+    report.update(_instance_f1(prediction_dir, records))
     write_text(out_json, json.dumps(report, indent=2) + "\n")
     logger.info("box AP %.4f, mask AP %.4f (LIVECell protocol) over %d images -> %s", report["bbox_AP"],
                 report["segm_AP"], len(records), out_json)

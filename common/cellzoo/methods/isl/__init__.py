@@ -1,6 +1,7 @@
 """ISL (bundle `isl_segmentation`): the in silico labeling network per task, its losses, data chains and
 post-processing."""
 
+from cellzoo.methods.isl.evaluation import write_field_instance_report
 from cellzoo.methods.isl.losses import DistanceMaskLoss, JaccardLoss
 from cellzoo.methods.isl.network import TASKS, ShiftedSigmoid, densenet_to_unet_keys, isl_network
 from cellzoo.methods.isl.postprocess import (
@@ -33,4 +34,5 @@ __all__ = [
     "isl_train_transforms",
     "isl_valid_transforms",
     "nuclei_to_instances",
+    "write_field_instance_report",
 ]

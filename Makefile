@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast demo benchmark clean
 
 # torch>=2.14 / torchvision>=0.29 come from the registry (a CUDA build that also runs on the CPU).
 $(STAMP): pyproject.toml
@@ -26,5 +26,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellzoo demo --out $(DEMO_OUT)
 
+# every bundle's label-efficiency study on shared tasks (quick configs, 3 seeds); writes docs/label_efficiency.md
+benchmark: $(STAMP)
+	$(BIN)/cellzoo benchmark label-efficiency --quick --seeds 0,1,2 --out benchmark_output --docs docs/label_efficiency.md
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) benchmark_output .pytest_cache

@@ -1,4 +1,4 @@
-"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, package, install, demo.
+"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, benchmark, package, install, demo.
 
 Bad input (a file, a value, an output that cannot be written) ends in one line on stderr naming the file
 and the problem, and exit code 2; `--debug` shows the traceback instead. Every value reaches a bundle
@@ -81,7 +81,7 @@ def _check_prediction_folder(output: Path, overwrite: bool) -> None:
                          "--output", output)
 
 
-def _config_settings(value, bundle: str, config: str, quick: bool, option: str = "--set") -> dict:
+def _config_settings(value, bundle: str, config: str | None, quick: bool, option: str = "--set") -> dict:
     """--set as a mapping of existing config keys to plain data ("{key: value, ...}", YAML or a dict)."""
     import re
 
@@ -98,6 +98,8 @@ def _config_settings(value, bundle: str, config: str, quick: bool, option: str =
         raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\" ({err})") from err
     if not isinstance(settings, dict):
         raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\", got {value!r}")
+    if config is None:  # only the form is checked here; the caller checks the keys
+        return settings
     parser = ConfigParser()
     parser.read_config(config_files(bundle, config, quick))
     for key in settings:
@@ -107,15 +109,23 @@ def _config_settings(value, bundle: str, config: str, quick: bool, option: str =
 
 
 def _pretrain_settings(value, bundle: str, spec, quick: bool) -> dict:
-    """--pretrain-set, checked against every pretraining config of the study's task."""
+    """--pretrain-set: each key must be a key of at least one pretraining config of the study's task
+    (CUPre's `cell_dir` is one of AMT2 and MoCo, not of the COCO pretraining)."""
     if value is None:
         return {}
     configs = sorted({step.config for step in spec.pretrainings.values()})
     if not configs:
         raise InputError(f"--pretrain-set: the {spec.name} study of {bundle} has no pretraining")
     settings = {}
-    for config in configs:
-        settings = _config_settings(value, bundle, config, quick, "--pretrain-set")
+    for key, item in _config_settings(value, bundle, None, quick, "--pretrain-set").items():
+        for config in configs:
+            try:
+                settings.update(_config_settings({key: item}, bundle, config, quick, "--pretrain-set"))
+                break
+            except InputError:
+                continue
+        else:
+            raise InputError(f"--pretrain-set: {key!r} is not a key of {bundle}'s {' or '.join(c + '.yaml' for c in configs)}")
     return settings
 
 
@@ -230,11 +240,37 @@ class Evaluate:
                     overwrite)
 
 
+class Benchmark:
+    """Benchmarks across bundles."""
+
+    def label_efficiency(self, quick: bool = False, seeds="0,1,2", out: str = "benchmark_output", tasks=None,
+                         jobs: int = 2, realdata: str | None = None, docs: str | None = None):
+        """Every bundle's study on shared tasks (nucleus instances, label-free -> fluorescence; real and
+        synthetic) with the same test items and label budgets; resumes when run again.
+
+        Writes <out>/label_efficiency.csv (task, method, arm, n, seed, metric, value), one plot per task and
+        <out>/label_efficiency.md (--docs FILE: also there, plots in images/ beside it). --tasks picks some
+        of nuclei_real, nuclei_synthetic, labelfree_real, labelfree_synthetic; --jobs studies run at once,
+        one CPU thread each; --realdata is the folder of the real data sets (default: ../shared/realdata
+        beside the repository; the real tasks are skipped when it is absent).
+        """
+        from cellzoo.benchmarks import run_benchmark
+        from cellzoo.bundles import bundles_dir
+
+        rows = run_benchmark(_path(out, "--out"), _int_list(seeds, "--seeds"), quick=bool(quick),
+                             tasks=None if tasks is None else _name_list(tasks),
+                             jobs=_number(jobs, "--jobs", int, minimum=1),
+                             realdata=realdata if realdata is not None else bundles_dir().parents[1] / "shared" / "realdata",
+                             docs=docs)
+        print(f"{len(rows)} rows; report: {Path(str(out)) / 'label_efficiency.md'}" + (f" and {docs}" if docs else ""))
+
+
 class CellzooCLI:
     """cellzoo: label-efficient cell microscopy bundles and tools."""
 
     def __init__(self):
         self.evaluate = Evaluate()
+        self.benchmark = Benchmark()
 
     def list(self):
         """List the bundles, their task and the configs (tasks) each offers."""

@@ -1,0 +1,270 @@
+"""`cellzoo benchmark label-efficiency`: every bundle's study on shared tasks, with the same splits and budgets.
+
+Each bundle declares in the `benchmark:` section of its configs/study.yaml which kinds of shared task it
+takes part in ("nuclei": nucleus instances; "labelfree": label-free -> fluorescence), with which of its
+study tasks and arms, in which layout the images are written for it, and how the names of its
+metrics.json map onto the benchmark's common metrics. The benchmark
+
+1. writes each task's samples (cellzoo.benchmarks.samples) in every layout a taking-part bundle reads,
+   with the same item names everywhere, so one split seed gives every bundle the same test items and the
+   same nested training sets (checked against each study's manifest afterwards);
+2. runs `cellzoo study` once per (task, bundle) in its own process, `jobs` at a time, one CPU thread each
+   (an interrupted benchmark resumes: the studies skip their finished steps);
+3. gathers the rows into one long CSV with the common metric names and writes the report (report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cellzoo.benchmarks import samples as shared
+from cellzoo.benchmarks.layouts import item_name, write_layout
+from cellzoo.bundles import bundles_dir
+from cellzoo.errors import InputError
+from cellzoo.studies.engine import MANIFEST, split_test
+
+__all__ = ["KINDS", "TASKS", "Job", "Task", "plan_jobs", "run_benchmark"]
+
+KINDS = {"nuclei": ("box_ap", "f1", "mask_ap"), "labelfree": ("psnr", "pcc", "ssim")}  # common metrics, key first
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A shared task: its kind, where its samples come from, the test items and the label budgets."""
+
+    name: str
+    kind: str
+    real: bool
+    n_test: int
+    sizes: tuple[int, ...]
+    description: str
+
+
+TASKS = {
+    "nuclei_real": Task("nuclei_real", "nuclei", True, 5, (1, 4, 12),
+                        "nucleus instances on 17 real fluorescence images (DSB2018 stage-1 test fluorescence, "
+                        "Fluo-N2DL-HeLa, Fluo-N2DH-GOWT1); unlabelled: the same images and 20 GOWT1 time-lapse frames"),
+    "nuclei_synthetic": Task("nuclei_synthetic", "nuclei", False, 4, (1, 4, 12),
+                             "nucleus instances on 16 synthetic fluorescence fields of 192 px; unlabelled: 16 more"),
+    "labelfree_real": Task("labelfree_real", "labelfree", True, 4, (1, 4, 12),
+                           "phase contrast (3 focal planes) -> DAPI on the In Silico Labeling field cut into 16 "
+                           "tiles of 256 px"),
+    "labelfree_synthetic": Task("labelfree_synthetic", "labelfree", False, 4, (1, 4, 12),
+                                "phase contrast (3 focal planes) -> nuclear stain on 16 synthetic fields of 192 px"),
+}
+# MEDIAR pretrains on labelled public data, CUPre on a natural-image COCO set: the benchmark's stand-ins
+PRETRAIN_DATA = ("labelled_nuclei", "objects")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a bundle declares for one kind of task (study.yaml `benchmark:`)."""
+
+    bundle: str
+    kind: str
+    study_task: str
+    layout: str
+    arms: tuple[str, ...]
+    metrics: dict[str, str]
+    pretrain_data: str | None = None
+    settings: dict = field(default_factory=dict)
+    pretrain_settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `cellzoo study` run: a bundle's entry on a task, with its data folder and output folder."""
+
+    task: Task
+    entry: Entry
+    data: Path
+    out: Path
+    pretrain_data: Path | None
+    test_items: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry.bundle} on {self.task.name}"
+
+
+def bundle_entries() -> list[Entry]:
+    """Every bundle's `benchmark:` declarations, checked against the kinds and the bundle's study tasks."""
+    from cellzoo.studies import load_study
+
+    entries = []
+    for study_file in sorted(bundles_dir().glob("*/configs/study.yaml")):
+        bundle = study_file.parents[1].name
+        declared = (yaml.safe_load(study_file.read_text()) or {}).get("benchmark") or {}
+        spec = load_study(bundle)
+        for kind, body in declared.items():
+            if kind not in KINDS:
+                raise InputError(f"benchmark: unknown kind {kind!r} (kinds: {', '.join(KINDS)})", study_file)
+            task = spec.task(body["study_task"])
+            entry = Entry(bundle, kind, task.name, str(body["layout"]), tuple(body["arms"]), dict(body["metrics"]),
+                          body.get("pretrain_data"), dict(body.get("settings") or {}),
+                          dict(body.get("pretrain_settings") or {}))
+            unknown = sorted(set(entry.arms) - set(task.arms))
+            metrics_ok = KINDS[kind][0] in entry.metrics and set(entry.metrics) <= set(KINDS[kind])
+            if unknown or not metrics_ok or entry.pretrain_data not in (None, *PRETRAIN_DATA):
+                raise InputError(f"benchmark.{kind}: arms must be among {sorted(task.arms)}, metrics must map "
+                                 f"{KINDS[kind][0]} and any of {KINDS[kind][1:]}, pretrain_data one of "
+                                 f"{PRETRAIN_DATA}", study_file)
+            entries.append(entry)
+    return entries
+
+
+def _samples(task: Task, realdata: Path) -> tuple[list, list]:
+    if task.kind == "nuclei":
+        return shared.real_nuclei(realdata) if task.real else shared.synthetic_nuclei(16, 16, seed=1)
+    return (shared.real_labelfree(realdata) if task.real else shared.synthetic_labelfree(16, seed=2)), []
+
+
+def _prepared(folder: Path, write) -> Path:
+    """`folder`, written by `write(folder)` unless an earlier run finished it (its marker file exists)."""
+    marker = folder / ".complete"
+    if not marker.is_file():
+        write(folder)
+        marker.write_text("written by cellzoo benchmark label-efficiency\n")
+    return folder
+
+
+def _pretrain_folder(kind: str, out: Path) -> Path:
+    """The stand-in pretraining sets: labelled synthetic nuclei (MEDIAR's public data), natural objects (CUPre)."""
+    folder = out / "data" / f"pretrain_{kind}"
+    if kind == "objects":
+        from cellzoo.synthetic import synthesize
+
+        return _prepared(folder, lambda f: synthesize("objects", 80, f, seed=11, size=(128, 128)))
+    labelled, _ = shared.synthetic_nuclei(12, 0, seed=12)
+    return _prepared(folder, lambda f: write_layout("cellseg", labelled, f))
+
+
+def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry] | None = None) -> list[Job]:
+    """Write the data of every (task, bundle) and return the study jobs, the longest kinds first."""
+    jobs = []
+    for task in tasks:
+        labelled, unlabelled = _samples(task, realdata)
+        names = [item_name(s.name, task.kind) for s in labelled]
+        test, _ = split_test(names, task.n_test, SPLIT_SEED, out)
+        for entry in (e for e in (entries if entries is not None else bundle_entries()) if e.kind == task.kind):
+            data = _prepared(out / "data" / task.name / entry.layout,
+                             lambda f: write_layout(entry.layout, labelled, f, unlabelled))
+            pretrain = None if entry.pretrain_data is None else _pretrain_folder(entry.pretrain_data, out)
+            jobs.append(Job(task, entry, data, out / "studies" / task.name / entry.bundle, pretrain, tuple(test)))
+    return jobs
+
+
+def _fill(values: dict, job: Job) -> dict:
+    """Placeholders of a declaration: {unlabelled} is the layout's folder of unlabelled images."""
+    fill = {"{unlabelled}": str(job.data.parent / f"{job.data.name}_unlabelled")}
+    return {k: fill.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def study_command(job: Job, seeds: list[int], quick: bool) -> list[str]:
+    """The `cellzoo study` command line of a job (values reach the configs as data)."""
+    command = [sys.executable, "-m", "cellzoo.cli", "study", job.entry.bundle, str(job.data), "--task",
+               job.entry.study_task, "--sizes", ",".join(map(str, job.task.sizes)), "--arms", ",".join(job.entry.arms),
+               "--seeds", ",".join(map(str, seeds)), "--n-test", str(job.task.n_test), "--out", str(job.out)]
+    if quick:
+        command.append("--quick")
+    if job.pretrain_data is not None:
+        command += ["--pretrain-data", str(job.pretrain_data)]
+    for option, values in (("--set", job.entry.settings), ("--pretrain-set", job.entry.pretrain_settings)):
+        if values:
+            command += [option, yaml.safe_dump(_fill(values, job), default_flow_style=True).strip()]
+    return command
+
+
+def run_job(job: Job, seeds: list[int], quick: bool, progress) -> float:
+    """Run one study in its own process (its output in <out>/study.log); returns its wall time in seconds."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny tensors: one thread each
+    started = time.perf_counter()
+    progress(f"started {job.label} (log: {job.out / 'study.log'})")
+    with open(job.out / "study.log", "a") as log:
+        code = subprocess.run(study_command(job, seeds, quick), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"{job.label} failed (exit {code}); see {job.out / 'study.log'}")
+    _check_split(job)
+    return time.perf_counter() - started
+
+
+def _check_split(job: Job) -> None:
+    """The study drew the benchmark's test items (the same names in every layout make the same split)."""
+    manifest = json.loads((job.out / job.entry.study_task / MANIFEST).read_text())
+    if tuple(manifest["test_items"]) != job.test_items:
+        raise RuntimeError(f"{job.label}: the study tested on {manifest['test_items']}, not the benchmark's "
+                           f"{list(job.test_items)}")
+
+
+def collect_rows(job: Job) -> list[dict]:
+    """The study's rows with the benchmark's metric names: task, method (bundle), arm, n, seed, metric, value."""
+    import csv
+
+    path = job.out / job.entry.study_task / f"{job.entry.bundle}_{job.entry.study_task}.csv"
+    names = {theirs: ours for ours, theirs in job.entry.metrics.items()}
+    with open(path, newline="") as handle:
+        return [{"task": job.task.name, "method": job.entry.bundle, "arm": row["arm"], "n": int(row["n"]),
+                 "seed": int(row["seed"]), "metric": names[row["metric"]], "value": float(row["value"])}
+                for row in csv.DictReader(handle) if row["metric"] in names]
+
+
+def run_benchmark(out: str | Path, seeds: list[int], quick: bool = True, tasks: list[str] | None = None,
+                  jobs: int = 2, realdata: str | Path | None = None, docs: str | Path | None = None) -> list[dict]:
+    """Run (or resume) the benchmark; writes <out>/label_efficiency.csv, one plot per task and the report."""
+    from cellzoo.benchmarks.report import write_benchmark_report
+
+    out, started = Path(out).absolute(), time.perf_counter()
+    chosen = [TASKS[t] for t in _check_tasks(tasks)]
+    realdata = Path(realdata) if realdata is not None else None
+    if any(t.real for t in chosen) and (realdata is None or not realdata.is_dir()):
+        print(f"real data not found ({realdata}): running the synthetic tasks only", file=sys.stderr)
+        chosen = [t for t in chosen if not t.real]
+    planned = plan_jobs(chosen, out, realdata)
+    done, failed = [], []
+
+    def progress(message: str) -> None:
+        print(f"[{len(done)}/{len(planned)} done, {time.perf_counter() - started:.0f} s] {message}", file=sys.stderr,
+              flush=True)
+
+    def work(job: Job) -> None:
+        try:
+            seconds = run_job(job, seeds, quick, progress)
+        except RuntimeError as err:  # the others go on; the report says what is missing
+            failed.append(str(err))
+            progress(str(err))
+            return
+        done.append(job)
+        progress(f"finished {job.label} in {seconds:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        list(pool.map(work, sorted(planned, key=_expected_cost, reverse=True)))
+    rows = [row for job in planned if job in done for row in collect_rows(job)]
+    write_benchmark_report(rows, chosen, out, seeds, quick, time.perf_counter() - started, docs)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(planned)} studies failed: " + "; ".join(failed))
+    return rows
+
+
+def _check_tasks(tasks: list[str] | None) -> list[str]:
+    names = list(TASKS) if not tasks else list(tasks)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise InputError(f"unknown benchmark task(s) {unknown}; tasks: {', '.join(TASKS)}")
+    return names
+
+
+def _expected_cost(job: Job) -> int:
+    """Detectors and their pretrainings run longest: start them first so the jobs finish together."""
+    return {"cupre_instance_seg": 4, "pmc_detection": 3, "mediar_cellseg": 2}.get(job.entry.bundle, 1) * \
+        (2 if job.task.real else 1)

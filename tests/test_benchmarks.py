@@ -1,0 +1,160 @@
+"""The label-efficiency benchmark (cellzoo.benchmarks): shared samples written in every bundle's layout with
+the same item names, the jobs it plans, its report; the studies themselves are replaced by a stand-in that
+writes what `cellzoo study` writes, so the mechanics are checked in seconds."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellzoo.benchmarks import label_efficiency as bench
+from cellzoo.benchmarks.layouts import item_name, write_layout
+from cellzoo.benchmarks.samples import real_nuclei, synthetic_labelfree, synthetic_nuclei
+from cellzoo.bundles import parse_config_value
+from cellzoo.studies import load_study
+from conftest import REALDATA
+
+TINY = {name: dataclasses.replace(task, n_test=2, sizes=(1, 2)) for name, task in bench.TASKS.items()}
+
+
+def datalist_names(entry: bench.Entry, data: Path) -> list[str]:
+    """The item names the bundle's fine-tuning config finds in `data` (what its study splits)."""
+    spec = load_study(entry.bundle).task(entry.study_task)
+    overrides = {**spec.overrides, **spec.finetune.overrides, "dataset_dir": str(data)}
+    entries = parse_config_value(entry.bundle, spec.finetune.config, "datalist", quick=True, **overrides)
+    return sorted({str(e["name"]) for e in entries})
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    nuclei = dataclasses.replace(TINY["nuclei_synthetic"])
+    labelfree = dataclasses.replace(TINY["labelfree_synthetic"])
+    return out, bench.plan_jobs([nuclei, labelfree], out, REALDATA)
+
+
+def test_every_bundle_reads_the_shared_items_under_the_same_names(planned):
+    out, jobs = planned
+    labelled, _ = synthetic_nuclei(16, 16, seed=1)
+    by_kind = {"nuclei": sorted(s.name for s in labelled),
+               "labelfree": sorted(item_name(s.name, "labelfree") for s in synthetic_labelfree(16, seed=2))}
+    assert {job.entry.bundle for job in jobs} == {"mediar_cellseg", "isl_segmentation", "pmc_detection",
+                                                   "cupre_instance_seg", "unetr_lightmycells"}
+    for job in jobs:
+        assert datalist_names(job.entry, job.data) == by_kind[job.task.kind], job.label
+    tests = {kind: {job.test_items for job in jobs if job.task.kind == kind} for kind in bench.KINDS}
+    assert all(len(t) == 1 and len(next(iter(t))) == 2 for t in tests.values())  # one test set per task
+    # the unlabelled images reach the pretrainings that use them: PMC's frames, CUPre's MoCo folder
+    pmc = next(job for job in jobs if job.entry.bundle == "pmc_detection")
+    frames = parse_config_value("pmc_detection", "pretrain", "datalist", quick=True, dataset_dir=str(pmc.data))
+    assert len(frames) == 32
+    cupre = next(job for job in jobs if job.entry.bundle == "cupre_instance_seg")
+    assert len(list((cupre.data.parent / "coco_unlabelled").glob("*.tif"))) == 32
+    assert "--pretrain-set" in bench.study_command(cupre, [0], True)
+
+
+def test_layouts_keep_pixels_and_labels(tmp_path):
+    labelled, _ = synthetic_nuclei(2, 0, seed=3, size=(64, 80))
+    from cellzoo.io import load_coco_json, read_image, read_labels
+    from cellzoo.io.coco import coco_to_label_image
+
+    write_layout("coco", labelled, tmp_path / "coco")
+    document = load_coco_json(tmp_path / "coco" / "annotations.json")
+    for record, sample in zip(document["images"], labelled):
+        annotations = [a for a in document["annotations"] if a["image_id"] == record["id"]]
+        assert np.array_equal(coco_to_label_image(annotations, 64, 80) > 0, sample.labels > 0)
+    write_layout("isl", labelled, tmp_path / "isl")
+    assert np.array_equal(read_labels(tmp_path / "isl" / labelled[0].name / "label_nuclei.tif"), labelled[0].labels)
+    assert np.array_equal(read_image(tmp_path / "isl" / labelled[0].name / "input_FLUO.tif")[0], labelled[0].image)
+    with pytest.raises(Exception, match="does not hold nuclei samples"):
+        write_layout("lightmycells", labelled, tmp_path / "lmc")
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="real data not found at ../shared/realdata")
+def test_real_nuclei_samples():
+    labelled, unlabelled = real_nuclei(REALDATA)
+    assert len(labelled) == 17 and len(unlabelled) == 20
+    assert {s.name.split("_")[0] for s in labelled} == {"dsb", "hela", "gowt1"}
+    for sample in labelled:
+        assert sample.image.ndim == 2 and sample.image.shape == sample.labels.shape and sample.labels.max() > 0
+
+
+class FakeStudies:
+    """Stands in for the `cellzoo study` processes: writes the manifest and CSV a study writes, with a value
+    that encodes (bundle, arm, n, seed), and records the command lines."""
+
+    def __init__(self, wrong_split_for: str | None = None):
+        self.commands: list[list[str]] = []
+        self.wrong_split_for = wrong_split_for
+
+    def __call__(self, command, stdout=None, stderr=None, env=None):
+        self.commands.append(command)
+        bundle, task = command[4], command[command.index("--task") + 1]
+        out = Path(command[command.index("--out") + 1]) / task
+        out.mkdir(parents=True, exist_ok=True)
+        job = next(j for j in self.jobs if j.entry.bundle == bundle and str(j.data) == command[5])
+        test = list(job.test_items) if bundle != self.wrong_split_for else ["elsewhere"]
+        (out / "study.json").write_text(json.dumps({"test_items": test}))
+        with open(out / f"{bundle}_{task}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["bundle", "task", "arm", "n", "seed", "metric", "value"])
+            for arm in command[command.index("--arms") + 1].split(","):
+                for n in command[command.index("--sizes") + 1].split(","):
+                    for seed in command[command.index("--seeds") + 1].split(","):
+                        for theirs in job.entry.metrics.values():
+                            writer.writerow([bundle, task, arm, n, seed, theirs, 0.1 * int(n) + 0.01 * int(seed)])
+                        writer.writerow([bundle, task, arm, n, seed, "n_images", 3])  # not a benchmark metric
+
+        class Done:
+            returncode = 0
+
+        return Done()
+
+
+def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "TASKS", TINY)
+    fake = FakeStudies()
+    fake.jobs = bench.plan_jobs([TINY["nuclei_synthetic"], TINY["labelfree_synthetic"]], tmp_path / "out", REALDATA)
+    monkeypatch.setattr(bench.subprocess, "run", fake)
+    docs = tmp_path / "docs" / "label_efficiency.md"
+    rows = bench.run_benchmark(tmp_path / "out", [0, 1], quick=True, tasks=["nuclei_synthetic", "labelfree_synthetic"],
+                               jobs=2, docs=docs)
+    assert len(fake.commands) == 6  # 4 nucleus methods, 2 label-free methods
+    for command in fake.commands:
+        assert command[command.index("--n-test") + 1] == "2" and command[command.index("--sizes") + 1] == "1,2"
+        assert command[command.index("--seeds") + 1] == "0,1" and "--quick" in command
+    assert {r["metric"] for r in rows if r["task"] == "nuclei_synthetic"} == {"box_ap", "f1", "mask_ap"}
+    assert {r["metric"] for r in rows if r["method"] == "pmc_detection"} == {"box_ap"}  # boxes only
+    assert not [r for r in rows if r["metric"] == "n_images"]
+    mediar = [r for r in rows if r["method"] == "mediar_cellseg" and r["metric"] == "f1" and r["arm"] == "pretrained"]
+    assert sorted((r["n"], r["seed"], round(r["value"], 6)) for r in mediar) == [(1, 0, 0.1), (1, 1, 0.11), (2, 0, 0.2),
+                                                                              (2, 1, 0.21)]
+    with open(tmp_path / "out" / "label_efficiency.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    report = docs.read_text()
+    assert "| 2 | " in report and "mediar: pretrained" in report and "unetr: mae" in report and "0.205 ± 0.007" in report
+    assert (docs.parent / "images" / "label_efficiency_nuclei_synthetic.png").is_file()
+    assert "images/label_efficiency_labelfree_synthetic.png" in report
+
+
+def test_a_study_that_split_otherwise_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "TASKS", TINY)
+    fake = FakeStudies(wrong_split_for="unetr_lightmycells")
+    fake.jobs = bench.plan_jobs([TINY["labelfree_synthetic"]], tmp_path / "out", REALDATA)
+    monkeypatch.setattr(bench.subprocess, "run", fake)
+    with pytest.raises(RuntimeError, match="1 of 2 studies failed: unetr_lightmycells on labelfree_synthetic: "
+                                           "the study tested on \\['elsewhere'\\]"):
+        bench.run_benchmark(tmp_path / "out", [0], tasks=["labelfree_synthetic"])
+    assert "isl: scratch" in (tmp_path / "out" / "label_efficiency.md").read_text()  # what finished is reported
+
+
+def test_benchmark_refuses_unknown_tasks(tmp_path):
+    from cellzoo.errors import InputError
+
+    with pytest.raises(InputError, match="unknown benchmark task"):
+        bench.run_benchmark(tmp_path, [0], tasks=["nuclei_everywhere"])

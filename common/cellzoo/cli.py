@@ -1,4 +1,5 @@
-"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, benchmark, package, install, demo.
+"""The `cellzoo` command (python-fire): list, synth, evaluate, measure, predict, study, benchmark, export-bioimageio,
+package, install, demo.
 
 Bad input (a file, a value, an output that cannot be written) ends in one line on stderr naming the file
 and the problem, and exit code 2; `--debug` shows the traceback instead. Every value reaches a bundle
@@ -144,6 +145,15 @@ def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool, set
                        "paper-scale network)"
                 raise InputError(f"{err.problem}; {hint}", path) from err
             raise
+
+
+def _inference_network_line(bundle: str) -> str:
+    """The `network` entry of a bundle's inference.yaml, as written."""
+    import yaml
+
+    from cellzoo.bundles import bundle_path
+
+    return yaml.safe_load((bundle_path(bundle) / "configs" / "inference.yaml").read_text()).get("network", "")
 
 
 def _fits(bundle: str, path: str, quick: bool, settings: dict) -> bool:
@@ -313,16 +323,18 @@ class CellzooCLI:
         print(f"measured {len(rows)} cells -> {out}")
 
     def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False,
-                overwrite: bool = False, set=None):
+                overwrite: bool = False, set=None, backend: str = "torch"):
         """Run a bundle's inference config on a folder of images with trained weights.
 
         --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. No
         bundle ships weights: train one (docs/own_data.md) or pass downloaded ones. --quick matches
-        checkpoints trained with quick.yaml. An output folder that already holds predictions is refused
-        unless --overwrite (which replaces the files of the same names). --set "{task: cells, inputs: [DIC]}"
-        sets keys of inference.yaml (values are data, never config code).
+        checkpoints trained with quick.yaml. --backend onnxruntime runs the `model.onnx` of the bundle's
+        bioimage.io package (`cellzoo export-bioimageio`) on the CPU instead of PyTorch. An output folder
+        that already holds predictions is refused unless --overwrite (which replaces the files of the same
+        names). --set "{task: cells, inputs: [DIC]}" sets keys of inference.yaml (values are data).
         """
         from cellzoo.bundles import run_config
+        from cellzoo.inference import is_onnx
 
         checkpoints = _checkpoint_list(checkpoint)
         if not checkpoints:
@@ -330,11 +342,20 @@ class CellzooCLI:
         for path in checkpoints:
             if not Path(path).is_file():
                 raise InputError("checkpoint not found" if not Path(path).exists() else "checkpoint is not a file", path)
+        if backend not in ("torch", "onnxruntime"):
+            raise InputError(f"--backend must be torch or onnxruntime, got {backend!r}")
+        for path in checkpoints:
+            if is_onnx(path) != (backend == "onnxruntime"):
+                raise InputError("--backend onnxruntime takes .onnx checkpoints (a package's model.onnx), --backend "
+                                 "torch PyTorch ones", path)
         if not Path(_path(input, "--input")).is_dir():
             raise InputError("input folder not found", input)
         _check_prediction_folder(Path(_path(output, "--output")), bool(overwrite))
         settings = _config_settings(set, bundle, "inference", bool(quick))
-        _check_checkpoints_fit(bundle, checkpoints, bool(quick), settings)
+        if backend == "torch":
+            _check_checkpoints_fit(bundle, checkpoints, bool(quick), settings)
+        elif "load_networks" not in str(_inference_network_line(bundle)):
+            raise InputError(f"{bundle}'s detector has no ONNX form (its outputs depend on the data); use --backend torch")
         run_config(bundle, "inference", quick=bool(quick), **settings, input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
@@ -367,6 +388,42 @@ class CellzooCLI:
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))
+
+    def export_bioimageio(self, bundle: str, checkpoint: str | None = None, out: str = "bioimageio", quick: bool = False,
+                          set=None, validate: bool = True, overwrite: bool = False):
+        """A trained network as a BioImage Model Zoo package: <out>/<bundle>/ (folder) and <out>/<bundle>.zip.
+
+        The package (model description 0.5) holds the state dict with its cellzoo architecture, TorchScript and
+        ONNX weights where they reproduce the network, the bundle's normalisation as preprocessing, test input
+        and output, a cover, the model card with what the raw outputs mean and which cellzoo function
+        post-processes them. --quick for checkpoints trained with quick.yaml; --set as for predict (e.g. ISL's
+        task). The package is then tested with bioimageio.core (--validate false skips it).
+        """
+        try:
+            from cellzoo.export.bioimageio import export_bioimageio, validate as test_package
+        except ImportError as err:
+            raise InputError(f"the export needs bioimageio.core and onnx ({err.name} is missing): "
+                             "pip install 'cellzoo[export]'") from err
+
+        if checkpoint is None:
+            raise InputError("--checkpoint is required: the package holds trained weights")
+        if not Path(str(checkpoint)).is_file():
+            raise InputError("checkpoint not found", checkpoint)
+        target = Path(_path(out, "--out"))
+        if ((target / str(bundle)).exists() or (target / f"{bundle}.zip").exists()) and not overwrite:
+            raise InputError(f"{target / str(bundle)} already exists; pass --overwrite to replace it")
+        settings = _config_settings(set, bundle, "inference", bool(quick))
+        _check_checkpoints_fit(bundle, [str(checkpoint)], bool(quick), settings)
+        paths = export_bioimageio(bundle, checkpoint, target, quick=bool(quick), settings=settings)
+        print(f"package: {paths['zip']} (folder {paths['folder']})")
+        if validate:
+            summary = test_package(paths["zip"])
+            failed = [d for d in summary.details if d.status == "failed"]
+            print(f"bioimageio.core test: {summary.status} ({len(summary.details)} checks, {len(failed)} failed)")
+            for detail in failed:
+                print(f"  failed: {detail.name}: {'; '.join(e.msg for e in detail.errors)[:300]}")
+            if failed:
+                sys.exit(1)
 
     def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None):
         """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.

@@ -13,6 +13,7 @@ from cellzoo.methods.cupre.data import (
     labels_to_coco_folder,
     take_fraction,
 )
+from cellzoo.methods.cupre.export import InstanceLabelNetwork
 from cellzoo.methods.cupre.inference import TiledDetectionInferer, merge_detections
 from cellzoo.methods.cupre.masks import detections_to_coco, detections_to_labels, empty_detections, paste_masks
 from cellzoo.methods.cupre.metrics import DetectionAPMetric, ground_truth_coco, write_detection_report
@@ -47,7 +48,7 @@ from cellzoo.methods.cupre.transforms import (
 
 __all__ = [
     "AMT2Trainer", "CASCADE_IOUS", "CASCADE_WEIGHTS", "CascadeMaskRCNN", "CascadeRoIHeads", "CocoMasksd",
-    "DetectionAPMetric", "DetectionLoss", "GroupNormFor", "L2SP", "MasksToTargetd", "NoResizeTransform",
+    "DetectionAPMetric", "DetectionLoss", "GroupNormFor", "InstanceLabelNetwork", "L2SP", "MasksToTargetd", "NoResizeTransform",
     "PartSampler", "PrepareDetectionBatch", "RecordTrainer", "SaveDetectionsd", "TiledDetectionInferer", "TimmFPNBackbone",
     "cascade_mask_rcnn", "category_ids", "cell_images", "cell_view_transforms", "coco_items",
     "detection_collate", "detection_loader", "detection_predict_transforms", "detection_train_transforms",

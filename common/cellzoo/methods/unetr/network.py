@@ -116,7 +116,7 @@ class UNETR2D(nn.Module):
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[2:]) != self.img_size:
+        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != self.img_size:  # a trace (export) fixes the size
             raise ValueError(f"the ViT is built for {self.img_size} inputs, got {tuple(x.shape[2:])}")
         bottleneck, hidden = self.vit(x)
         skips = [self.encoders[0](x)] + [

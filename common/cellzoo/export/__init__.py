@@ -1,0 +1,1 @@
+"""Exports of trained bundle networks for other tools: the BioImage Model Zoo format (`bioimageio`)."""

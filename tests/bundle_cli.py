@@ -28,7 +28,7 @@ def train_configs(bundle: str) -> list[str]:
     """Names of a bundle's training configs: those whose merged files define a trainer (train#trainer)."""
     names = []
     for path in sorted((bundle_path(bundle) / "configs").glob("*.yaml")):
-        if path.stem == "study":
+        if path.stem in ("study", "bioimageio"):
             continue
         merged = {}
         for file in config_chain(bundle, path.stem):

@@ -38,7 +38,8 @@ def bundle_info(path: str | Path) -> dict:
     meta = {}
     if meta_path.is_file():
         meta = load_json(meta_path)
-    configs = sorted(p.stem for p in (path / "configs").glob("*.yaml"))
+    # study.yaml and bioimageio.yaml are declarations for `cellzoo study` and the export, not configs to run
+    configs = sorted(p.stem for p in (path / "configs").glob("*.yaml") if p.stem not in ("study", "bioimageio"))
     return {
         "name": path.name,
         "version": meta.get("version", "-"),

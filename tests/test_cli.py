@@ -264,3 +264,16 @@ def test_console_script_exit_code_and_debug(tmp_path):
     assert "Traceback" not in plain.stderr and "file not found" in plain.stderr
     debug = subprocess.run(args + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_export_bioimageio_refuses_a_missing_checkpoint_and_an_existing_package(tmp_path, capsys):
+    code, _, err = run_cli(["export-bioimageio", "isl_segmentation", "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "--checkpoint is required")
+    code, _, err = run_cli(["export-bioimageio", "isl_segmentation", "--checkpoint", str(tmp_path / "none.pt"),
+                            "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "none.pt", "checkpoint not found")
+    (tmp_path / "isl_segmentation").mkdir()
+    (tmp_path / "model.pt").write_bytes(b"")
+    code, _, err = run_cli(["export-bioimageio", "isl_segmentation", "--checkpoint", str(tmp_path / "model.pt"),
+                            "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "already exists", "--overwrite")

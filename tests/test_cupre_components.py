@@ -235,10 +235,13 @@ def test_detection_report_scores_both_protocols(tmp_path):
     (tmp_path / "pred" / "coco").mkdir(parents=True)
     (tmp_path / "pred" / "coco" / "img.json").write_text(json.dumps(
         {"images": [{"id": 1, "height": 64, "width": 64}], "annotations": predicted, "categories": [{"id": 1}]}))
+    write_tiff(tmp_path / "pred" / "labels" / "img_label.tiff", np.where(labels <= 3, labels, 0), "YX")  # 3 of 6 cells
     report = write_detection_report(tmp_path / "pred", [{"image": str(image), "annotations": truth, "height": 64,
                                                         "width": 64}], tmp_path / "metrics.json")
     for key in ("bbox_AP", "segm_AP", "coco_bbox_AP", "coco_segm_AP", "bbox_AP50", "segm_AR"):
         assert report[key] == pytest.approx(1.0), key
+    # F1 at IoU 0.5 of the label image: 3 true positives, 3 missed cells
+    assert report["f1"] == pytest.approx(2 / 3) and report["precision"] == 1.0 and report["recall"] == 0.5
     assert json.loads((tmp_path / "metrics.json").read_text())["n_objects"] == 6
 
 

@@ -168,6 +168,14 @@ def test_study_refuses_pretraining_chains_that_do_not_end(inits, message):
         _task("t", raw)
 
 
+def test_the_test_split_depends_on_the_names_not_their_order(tmp_path):
+    names = [f"img{i:02d}" for i in range(17)]
+    test, pool = engine.split_test(names, 5, 0, tmp_path)
+    assert engine.split_test(names[::-1], 5, 0, tmp_path) == (test, pool)
+    assert len(test) == 5 and sorted(test + pool) == names
+    assert engine.split_test(names, 5, 1, tmp_path)[0] != test  # the seed does change it
+
+
 def test_label_budgets_take_numbers_and_fractions():
     assert engine.label_budgets([0.05, 0.2, 4, 4.0, 1], 40) == (1, 2, 4, 8)
     assert engine.label_budgets([0.01], 40) == (1,)  # never zero labelled items

@@ -150,8 +150,11 @@ def labelled_items(study: Study) -> list[str]:
 
 
 def split_test(names: list[str], n_test: int | None, split_seed: int, data: Path) -> tuple[list[str], list[str]]:
-    """(test items, training pool): a fixed test set (default 20%, at least 1) drawn with `split_seed`."""
-    shuffled = random.Random(split_seed).sample(names, len(names))
+    """(test items, training pool): a fixed test set (default 20%, at least 1) drawn with `split_seed`.
+
+    The draw depends on the set of names, not their order, so that the benchmark (which lists its images by
+    source) and a study (which lists its datalist) draw the same test items."""
+    shuffled = random.Random(split_seed).sample(sorted(names), len(names))
     n_test = max(1, len(names) // 5) if n_test is None else int(n_test)
     if not 0 < n_test < len(names):
         raise InputError(f"need 1 <= n_test < {len(names)} (the labelled items found), got {n_test}", data)

@@ -5,8 +5,8 @@ Two sequences of 30 frames of 192 x 192 px with gold segmentation on every 3rd f
 once its frames are resized to 384 px; the layout's default cells (~14 px nuclei) are too small for the
 quick network to learn in a CPU-sized run.
 
-    .venv/bin/python scripts/make_pmc_study_data.py --out /work/runs/pmc/synthetic_ctc [--seed 0]
-    cellzoo study pmc_detection --data /work/runs/pmc/synthetic_ctc --sizes 1,4 --seeds 0,1,2 --quick --out ...
+    .venv/bin/python scripts/make_pmc_study_data.py --out CTC [--seed 0]
+    cellzoo study pmc_detection --data CTC --sizes 1,4 --seeds 0,1,2 --quick --out ...
 """
 
 from __future__ import annotations

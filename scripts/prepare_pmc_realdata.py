@@ -7,10 +7,10 @@
 - `dsb_cellseg/`: the 11 dsb2018_stage1test images with their masks in CellSeg layout
   (images/<id>.png, labels/<id>_label.tif).
 
-    .venv/bin/python scripts/prepare_pmc_realdata.py --out /work/runs/pmc/realdata
-    cellzoo study pmc_detection --task detection_pretrain_data --data /work/runs/pmc/realdata/gowt1_ctc \\
+    .venv/bin/python scripts/prepare_pmc_realdata.py --out REAL
+    cellzoo study pmc_detection --task detection_pretrain_data --data REAL/gowt1_ctc \\
         --pretrain-data ../shared/realdata/ctc_gowt1_tra --n-test 4 --sizes 1,4 --seeds 0,1,2 --quick ...
-    cellzoo study pmc_detection --data /work/runs/pmc/realdata/dsb_cellseg --n-test 4 --sizes 2,7 ... --quick
+    cellzoo study pmc_detection --data REAL/dsb_cellseg --n-test 4 --sizes 2,7 ... --quick
 """
 
 from __future__ import annotations

@@ -6,14 +6,13 @@ standard deviation, against the number of labelled training images N.
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import shutil
 import time
 from pathlib import Path
 
-from cellzoo.studies.report import markdown_table, summarise
+from cellzoo.studies.report import markdown_table, summarise, write_csv
 
 COLUMNS = ("task", "method", "arm", "n", "seed", "metric", "value")
 
@@ -26,15 +25,6 @@ def method_label(row: dict) -> str:
 def _as_study_rows(rows: list[dict]) -> list[dict]:
     """Rows in the study report's shape, with the (method, arm) pair as the arm, to reuse its tables."""
     return [{**row, "arm": method_label(row)} for row in rows]
-
-
-def write_csv(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def plot_task(rows: list[dict], metrics: tuple[str, ...], path: Path, title: str) -> Path:
@@ -118,7 +108,7 @@ def write_benchmark_report(rows: list[dict], tasks: list, out: Path, seeds: list
     the report at `docs`, with its plots beside it in images/)."""
     from cellzoo.benchmarks.label_efficiency import KINDS
 
-    files = {"csv": write_csv(rows, out / "label_efficiency.csv")}
+    files = {"csv": write_csv(rows, out / "label_efficiency.csv", COLUMNS)}
     plots = {}
     for task in tasks:
         task_rows = [row for row in rows if row["task"] == task.name]

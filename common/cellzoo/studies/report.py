@@ -11,12 +11,12 @@ from pathlib import Path
 COLUMNS = ("bundle", "task", "arm", "n", "seed", "metric", "value")
 
 
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """One row per (bundle, task, arm, n, seed, metric)."""
+def write_csv(rows: list[dict], path: str | Path, columns: tuple[str, ...] = COLUMNS) -> Path:
+    """One row per (bundle, task, arm, n, seed, metric), or per the given columns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path

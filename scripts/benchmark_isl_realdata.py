@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo.bundles import run_config
-from cellzoo.io import isl_datalist, read_image, write_tiff
+from cellzoo.io import read_image, write_tiff
+from cellzoo.methods.isl import isl_datalist
 from cellzoo.metrics.image import image_metrics
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "isl_labelfree"

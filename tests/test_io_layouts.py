@@ -20,15 +20,14 @@ from cellzoo.io import (
     read_coco,
     read_ctc,
     read_ctc_tracks,
-    read_isl,
-    read_lightmycells,
-    select_channels,
     select_items,
     split_items,
     write_datalist,
     write_image,
     write_png,
 )
+from cellzoo.methods.isl import read_isl, select_channels
+from cellzoo.methods.unetr import read_lightmycells
 
 
 def touch_image(path: Path, shape: tuple[int, ...] = (6, 8), value: int = 1) -> Path:

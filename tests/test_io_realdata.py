@@ -15,11 +15,10 @@ from cellzoo.io import (
     read_ctc,
     read_ctc_tracks,
     read_image,
-    read_isl,
     read_labels,
-    select_channels,
     to_channel_first,
 )
+from cellzoo.methods.isl import read_isl, select_channels
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 

@@ -13,7 +13,7 @@ from skimage.draw import disk
 
 from cellzoo.engines import transfer_weights
 from cellzoo.errors import InputError
-from cellzoo.io import read_image, read_isl, select_channels
+from cellzoo.io import read_image
 from cellzoo.methods.isl import (
     DistanceMaskLoss,
     DistanceToInstancesd,
@@ -25,6 +25,8 @@ from cellzoo.methods.isl import (
     hmax_seeds,
     isl_network,
     nuclei_to_instances,
+    read_isl,
+    select_channels,
 )
 from cellzoo.metrics import evaluate_instances, instance_scores
 from cellzoo.postprocess.instances import remove_small_instances

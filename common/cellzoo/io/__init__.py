@@ -24,16 +24,7 @@ from cellzoo.io.images import (
     write_png,
     write_tiff,
 )
-from cellzoo.io.layouts import (
-    isl_datalist,
-    read_cellseg,
-    read_coco,
-    read_ctc,
-    read_ctc_tracks,
-    read_isl,
-    read_lightmycells,
-    select_channels,
-)
+from cellzoo.io.layouts import read_cellseg, read_coco, read_ctc, read_ctc_tracks
 from cellzoo.io.validate import (
     check_dir,
     check_finite,
@@ -58,7 +49,6 @@ __all__ = [
     "file_stem",
     "image_size",
     "image_suffix",
-    "isl_datalist",
     "label_image_to_coco",
     "list_images",
     "load_coco_json",
@@ -70,10 +60,7 @@ __all__ = [
     "read_ctc",
     "read_ctc_tracks",
     "read_image",
-    "read_isl",
     "read_labels",
-    "read_lightmycells",
-    "select_channels",
     "select_items",
     "split_items",
     "to_channel_first",

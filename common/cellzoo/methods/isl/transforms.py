@@ -2,7 +2,7 @@
 
 Tasks: "fluorescence" (pretext: regress a stain such as DAPI or CellMask), "nuclei" (binary nucleus mask,
 Jaccard loss) and "cells" ([distance, mask] from instance labels, MSE + alpha * BCE). Entries come from
-`cellzoo.io.isl_datalist`: "image" is the list of input plane files, "target" a fluorescence file,
+`cellzoo.methods.isl.isl_datalist`: "image" is the list of input plane files, "target" a fluorescence file,
 "label" an instance label file.
 """
 

@@ -17,7 +17,7 @@ import yaml
 
 import bundle_cli
 from cellzoo.bundles import bundle_path, config_files
-from cellzoo.engines import load_weights
+from cellzoo.engines import load_weights, read_curve
 from cellzoo.synthetic import LAYOUTS, synthesize
 from conftest import SHARED
 
@@ -156,6 +156,10 @@ def test_train_configs_have_properties_and_take_a_step(bundle_with_data):
         assert best.is_file(), config
         # the saved best model loads strictly into the config's own network
         load_weights(flow.parser.get_parsed_content("network_def"), best)
+        # the shared convergence rule wrote the curve beside it: one row per epoch, the validation score in it
+        curve = read_curve(out / "models" / "training_curve.csv")
+        assert [row["iteration"] for row in curve] == [state.iteration], config
+        assert curve[0]["val_metric"] is not None and (out / "models" / "training_curve.png").is_file(), config
         flow.finalize()
 
 

@@ -5,7 +5,7 @@ survives its tracking server.
 `validate#handlers`; it logs the loss, the learning rate, per-epoch metrics and the executed config.
 `TrackingExtras`, built in each train config's `run` section before training starts, gives those
 handlers what they need through their own options: the run's hyper-parameters as `experiment_param`, the
-best checkpoint in `artifacts`. It also wraps each handler's MLflow client in a `FallbackClient`: when the
+best checkpoint and the training curve (CSV, PNG) in `artifacts`. It also wraps each handler's MLflow client in a `FallbackClient`: when the
 server cannot be reached, at the start or at any moment of the run, the run continues in a local store
 (`fallback_uri`) with everything logged so far copied there, so training never stops for tracking and no
 logged value is lost. Without `--tracking` the handler lists hold no MLFlowHandler and nothing happens.
@@ -151,7 +151,7 @@ class TrackingExtras:
     """
 
     def __init__(self, handlers: Sequence, val_handlers: Sequence = (), fallback_uri: str = "",
-                 params: Mapping | None = None, checkpoint: str | None = None):
+                 params: Mapping | None = None, checkpoint: str | None = None, artifacts: Sequence = ()):
         from monai.handlers import MLFlowHandler
 
         train = [h for h in handlers if isinstance(h, MLFlowHandler)]
@@ -166,8 +166,8 @@ class TrackingExtras:
         for handler in train:
             handler.experiment_param = {**(handler.experiment_param or {}),
                                         **{str(k): _param_value(v) for k, v in (params or {}).items()}}
-            if checkpoint:
-                handler.artifacts = (*handler.artifacts, checkpoint)
+            extra = ([checkpoint] if checkpoint else []) + [str(path) for path in artifacts]
+            handler.artifacts = (*handler.artifacts, *extra)
 
     @staticmethod
     def _guard(handler, store: FallbackStore) -> None:

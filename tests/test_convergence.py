@@ -1,0 +1,105 @@
+"""The shared convergence rule (cellzoo.engines.Convergence) on scripted ignite engines: the curve rows,
+early stopping after `patience` validations without improvement, the metric's direction, the files, resume."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from cellzoo.engines import Convergence, read_curve
+
+
+class _Saver:
+    """Stands in for the validator's key-metric CheckpointSaver: only its metric direction is read."""
+
+    def __init__(self, negative: bool):
+        self.key_metric_negative_sign = negative
+
+
+def scripted(scores: list[float], epoch_length: int = 3, max_epochs: int = 20):
+    """A trainer whose loss is 1/iteration and a validator that reports the next of `scores` each epoch."""
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(1.0 / engine.state.iteration)})
+    trainer.optimizer = optimizer
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.key_metric_name = "val_f1"
+    queue = list(scores)
+
+    @evaluator.on(Events.COMPLETED)
+    def _report(engine):
+        engine.state.metrics["val_f1"] = queue.pop(0)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
+    return trainer, evaluator, ([0] * epoch_length, max_epochs)
+
+
+def test_stops_after_patience_validations_without_improvement(tmp_path, caplog):
+    trainer, evaluator, (data, max_epochs) = scripted([0.1, 0.5, 0.4, 0.5, 0.45, 0.9, 0.9])
+    curve = Convergence(evaluator, tmp_path, patience=3, best_model=_Saver(False))
+    curve.attach(trainer)
+    with caplog.at_level(logging.INFO, logger="cellzoo.engines.convergence"):
+        trainer.run(data, max_epochs=max_epochs)
+    # best 0.5 at epoch 2; epochs 3, 4 (equal is no improvement) and 5 do not beat it: stop after epoch 5
+    assert trainer.state.epoch == 5
+    rows = read_curve(tmp_path / "training_curve.csv")
+    assert [r["iteration"] for r in rows] == [3, 6, 9, 12, 15]
+    assert [r["val_metric"] for r in rows] == [0.1, 0.5, 0.4, 0.5, 0.45]
+    assert rows[0]["train_loss"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert rows[0]["learning_rate"] == pytest.approx(0.1)
+    assert curve.best()["iteration"] == 6 and curve.final()["val_metric"] == 0.45
+    assert (tmp_path / "training_curve.png").stat().st_size > 1000
+    assert "early stop: no better val_f1 in 3 validations" in caplog.text
+    assert "best val_f1 0.5000 at iteration 6, final 0.4500" in caplog.text
+
+
+def test_lower_is_better_follows_the_best_model_saver(tmp_path):
+    trainer, evaluator, (data, max_epochs) = scripted([3.0, 2.0, 2.5, 2.1, 1.0, 5.0, 5.0])
+    curve = Convergence(evaluator, tmp_path, patience=2, best_model=_Saver(True))
+    curve.attach(trainer)
+    trainer.run(data, max_epochs=max_epochs)
+    assert trainer.state.epoch == 4 and curve.best()["val_metric"] == 2.0
+
+
+def test_min_delta_and_no_patience(tmp_path):
+    # improvements of 0.01 do not count with min_delta 0.05
+    trainer, evaluator, (data, _) = scripted([0.50, 0.51, 0.52, 0.53, 0.54])
+    Convergence(evaluator, tmp_path / "a", patience=2, min_delta=0.05).attach(trainer)
+    trainer.run(data, max_epochs=5)
+    assert trainer.state.epoch == 3
+    # patience None: the run goes to max_epochs
+    trainer, evaluator, (data, _) = scripted([0.5] * 5)
+    curve = Convergence(evaluator, tmp_path / "b", patience=None)
+    curve.attach(trainer)
+    trainer.run(data, max_epochs=5)
+    assert trainer.state.epoch == 5 and curve.stop_reason == "max_epochs 5 reached"
+
+
+def test_state_round_trip_continues_the_counter(tmp_path):
+    trainer, evaluator, (data, _) = scripted([0.5, 0.4, 0.3, 0.2])
+    first = Convergence(evaluator, tmp_path, patience=3)
+    first.attach(trainer)
+    trainer.run(data, max_epochs=2)
+    state = first.state_dict()
+    assert state["early_stopping"]["counter"] == 1 and len(state["rows"]) == 2
+    trainer, evaluator, (data, _) = scripted([0.3, 0.2])
+    second = Convergence(evaluator, tmp_path, patience=3)
+    second.attach(trainer)
+    second.load_state_dict(state)
+    trainer.run(data, max_epochs=2)  # two more epochs without improvement: counter 3, stopped
+    assert second.state_dict()["early_stopping"]["counter"] == 3 and len(second.rows) == 4
+
+
+def test_refuses_a_patience_below_one(tmp_path):
+    with pytest.raises(ValueError, match="patience"):
+        Convergence(Engine(lambda e, b: None), tmp_path, patience=0)
+
+
+def test_rank_without_write_writes_nothing(tmp_path):
+    trainer, evaluator, (data, _) = scripted([0.5, 0.6])
+    Convergence(evaluator, tmp_path, write=False).attach(trainer)
+    trainer.run(data, max_epochs=2)
+    assert not list(tmp_path.iterdir())

@@ -160,6 +160,10 @@ def test_train_configs_have_properties_and_take_a_step(bundle_with_data):
         curve = read_curve(out / "models" / "training_curve.csv")
         assert [row["iteration"] for row in curve] == [state.iteration], config
         assert curve[0]["val_metric"] is not None and (out / "models" / "training_curve.png").is_file(), config
+        if config == "train":  # timm's check: every trainable parameter got a gradient in the step
+            network = flow.parser.get_parsed_content("network")
+            idle = [n for n, p in network.named_parameters() if p.requires_grad and p.grad is None]
+            assert idle == [], f"{config}: parameters without a gradient: {idle[:8]}"
         flow.finalize()
 
 
@@ -230,3 +234,37 @@ def test_torchscript_export_matches_eager(bundle_with_data, tmp_path):
     x = torch.rand(2, *shape[1:], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(scripted(x), network(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_and_inference_build_the_same_network(bundle, quick):
+    """network_def is written in train.yaml and in inference.yaml (each config runs alone): they must agree,
+    or a trained checkpoint would not load for inference."""
+    from monai.bundle import ConfigParser
+
+    defs = []
+    for config in ("train", "inference"):
+        parser = ConfigParser()
+        parser.read_config(config_files(bundle, config, quick=quick))
+        defs.append(parser.get("network_def"))
+    assert defs[0] == defs[1]
+
+
+# blocks every bundle's train.yaml writes the same way (bundles stay self-contained: each is downloaded alone)
+SHARED_TRAIN_BLOCKS = ("convergence", "resume_state", "tracking", "resume", "min_delta", "max_minutes", "min_iterations")
+
+
+def test_shared_train_blocks_are_identical_in_every_bundle():
+    blocks = {}
+    for bundle in BUNDLES:
+        config = yaml.safe_load((bundle_path(bundle) / "configs" / "train.yaml").read_text())
+        blocks[bundle] = {key: config[key] for key in SHARED_TRAIN_BLOCKS}
+        blocks[bundle]["resume_state"] = {k: v for k, v in config["resume_state"].items() if k != "state"}
+        assert config["resume_state"]["state"]["convergence"] == "@convergence", bundle
+        assert "$@convergence.attach(@train#trainer)" in config["run"], bundle
+        assert config["run"][-1] == "$@train#trainer.run()", bundle
+    first = blocks[BUNDLES[0]]
+    for bundle, block in blocks.items():
+        for key in SHARED_TRAIN_BLOCKS:
+            assert block[key] == first[key], f"{bundle}: {key} differs from {BUNDLES[0]}"

@@ -78,6 +78,16 @@ def test_min_delta_and_no_patience(tmp_path):
     assert trainer.state.epoch == 5 and curve.stop_reason == "max_epochs 5 reached"
 
 
+def test_no_stop_before_min_iterations(tmp_path):
+    # a score stuck at 0 for 6 epochs (18 iterations), then learning: min_iterations 15 keeps it going
+    trainer, evaluator, (data, _) = scripted([0.0] * 6 + [0.2, 0.3, 0.3, 0.3, 0.3, 0.3])
+    Convergence(evaluator, tmp_path, patience=2, min_iterations=15).attach(trainer)
+    trainer.run(data, max_epochs=12)
+    # counted from epoch 5 (iteration 15): 0 (best), 0 (1), 0.2, 0.3 (better), 0.3 (1), 0.3 (2): stop at 10;
+    # without min_iterations, epochs 2 and 3 would have stopped it at 3
+    assert trainer.state.epoch == 10
+
+
 def test_state_round_trip_continues_the_counter(tmp_path):
     trainer, evaluator, (data, _) = scripted([0.5, 0.4, 0.3, 0.2])
     first = Convergence(evaluator, tmp_path, patience=3)

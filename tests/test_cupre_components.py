@@ -5,6 +5,8 @@ chains in the study engine, and the paper-scale ResNeSt-200 cascade (one CPU tra
 
 from __future__ import annotations
 
+import logging
+
 import json
 import math
 import time
@@ -487,6 +489,30 @@ def test_tiles_merge_each_cell_once_with_its_whole_box():
     assert got == sorted([[x, y, x + side, y + side] for y, x, side in squares])
     whole = TiledDetectionInferer(tile_size=256)([image], SquareFinder())[0]
     assert sorted(whole["boxes"].round().int().tolist()) == got  # one tile: the same cells
+
+
+def test_image_cap_follows_the_tiling_and_a_capped_tile_is_warned(caplog):
+    """A detector capped at 3 per forward pass: an image of 4 tiles keeps up to 12 (not 3), and every tile
+    that reached the cap is named in a warning (cells beyond it are lost)."""
+
+    class Capped(SquareFinder):
+        def forward(self, images):
+            return [{k: v[:3] for k, v in out.items()} for out in super().forward(images)]
+
+    image = torch.zeros(1, 128, 128)
+    for y in (4, 34, 68, 98):  # four squares in each quadrant: 16 cells, 4 per 64-px core
+        for x in (4, 34, 68, 98):
+            image[:, y:y + 10, x:x + 10] = 1
+    inferer = TiledDetectionInferer(tile_size=72, overlap=8, tile_cap=3)
+    assert len(inferer.tiles((128, 128))) == 4 and inferer.image_cap(4) == 12
+    with caplog.at_level(logging.WARNING):
+        found = inferer([image], Capped())[0]
+    assert 4 <= len(found["boxes"]) <= 12
+    assert caplog.text.count("the detector's cap") == 4
+    # uncapped, all 16 are found and nothing is warned about
+    caplog.clear()
+    assert len(TiledDetectionInferer(tile_size=72, overlap=8, tile_cap=100)([image], SquareFinder())[0]["boxes"]) == 16
+    assert "cap" not in caplog.text
 
 
 # ---------------------------------------------------------------- synthetic natural images

@@ -6,8 +6,10 @@
   checkpoint after every validation (so the files exist while a long run goes on, and when MLflow logs its
   artifacts at the end);
 - stops early through ignite's `EarlyStopping` when the key metric has not improved by more than
-  `min_delta` for `patience` validations (None: no early stopping), and, as a guard, when `max_minutes`
-  of training have passed (ignite's `TimeLimit`); `max_epochs` of the trainer stays the maximum;
+  `min_delta` for `patience` validations (None: no early stopping), counting only validations after
+  `min_iterations` (a detector's score stays 0 until its outputs first pass the decoding threshold, which
+  is no plateau); and, as a guard, when `max_minutes` of training have passed (ignite's `TimeLimit`);
+  `max_epochs` of the trainer stays the maximum;
 - at the end logs why training stopped, the best and the final score and where the curve is.
 
 Lower-is-better key metrics (pretext losses) follow the validator's best-model saver
@@ -63,13 +65,13 @@ class Convergence:
     """
 
     def __init__(self, evaluator, out_dir: str | Path, patience: int | None = None, min_delta: float = 0.0,
-                 max_minutes: float | None = None, best_model=None, loss_key: str = "loss",
+                 max_minutes: float | None = None, min_iterations: int = 0, best_model=None, loss_key: str = "loss",
                  name: str = "training_curve", write: bool = True):
         if patience is not None and int(patience) < 1:
             raise ValueError(f"patience must be a positive number of validations or null, got {patience}")
         self.evaluator, self.out_dir, self.name = evaluator, Path(out_dir), name
         self.patience = None if patience is None else int(patience)
-        self.min_delta, self.max_minutes = float(min_delta), max_minutes
+        self.min_delta, self.max_minutes, self.min_iterations = float(min_delta), max_minutes, int(min_iterations or 0)
         self.lower_is_better = bool(getattr(best_model, "key_metric_negative_sign", False))
         self.loss_key, self.write = loss_key, bool(write)
         self.rows: list[dict] = []
@@ -101,11 +103,15 @@ class Convergence:
         self.evaluator.add_event_handler(Events.COMPLETED, self._validated)
         if self.patience is not None:
             self._early_stopping = _early_stopping(self.patience, self._score, trainer, self.min_delta)
-            self.evaluator.add_event_handler(Events.COMPLETED, self._early_stopping)
+            self.evaluator.add_event_handler(Events.COMPLETED, self._maybe_stop)
         if self.max_minutes is not None:
             self._time_limit = TimeLimit(limit_sec=int(float(self.max_minutes) * 60))
             trainer.add_event_handler(Events.ITERATION_COMPLETED, self._time_limit)
         self._started = time.monotonic()
+
+    def _maybe_stop(self, evaluator) -> None:
+        if self.trainer.state.iteration >= self.min_iterations:
+            self._early_stopping(evaluator)
 
     def _score(self, evaluator) -> float:
         value = self.key_value(evaluator)
@@ -228,6 +234,8 @@ def plot_curve(rows: list[dict], path: Path, metric_name: str = "val_metric") ->
     trained = [r for r in rows if r["train_loss"] is not None]
     ax_loss.plot([r["iteration"] for r in trained], [r["train_loss"] for r in trained], color="tab:blue")
     ax_loss.set(xlabel="iteration", ylabel="training loss (epoch mean)")
+    if trained and min(r["train_loss"] for r in trained) > 0:
+        ax_loss.set_yscale("log")  # losses fall by orders of magnitude; the flattening shows on a log axis
     with_lr = [r for r in rows if r["learning_rate"] is not None]
     if with_lr:
         ax_lr = ax_loss.twinx()

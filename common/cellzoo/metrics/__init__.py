@@ -10,12 +10,14 @@ from cellzoo.metrics.instance import (
     match_instances,
     remove_border_cells,
 )
+from cellzoo.metrics.report import format_scores, write_metrics
 
 __all__ = [
     "PROTOCOLS",
     "average_precision",
     "coco_evaluate",
     "evaluate_instances",
+    "format_scores",
     "image_metrics",
     "instance_scores",
     "iou_matrix",
@@ -25,4 +27,5 @@ __all__ = [
     "mean_image_metrics",
     "percentile_normalize",
     "remove_border_cells",
+    "write_metrics",
 ]

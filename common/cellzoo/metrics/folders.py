@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +17,11 @@ from cellzoo.io import (
     pair_by_stem,
     read_image,
     read_labels,
-    write_text,
 )
 from cellzoo.metrics.coco import coco_evaluate, label_pairs_coco_ap
 from cellzoo.metrics.image import mean_image_metrics
 from cellzoo.metrics.instance import evaluate_instances
+from cellzoo.metrics.report import write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +90,6 @@ def write_instance_report(pred_dir, gt_dir, out_json, iou: float = 0.5, border_m
                           extra_ious: Sequence[float] = (0.6, 0.7, 0.8, 0.9)) -> dict:
     """Score label folders paired by stem (`instance_report`), write the JSON report and return it."""
     report = instance_report(read_instance_pairs(pred_dir, gt_dir), iou, border_margin, extra_ious)
-    write_text(out_json, json.dumps(report, indent=2) + "\n")
+    report = write_metrics(out_json, report)
     logger.info("F1@%.2f = %.4f over %d images -> %s", iou, report["f1"], report["n_images"], out_json)
     return report

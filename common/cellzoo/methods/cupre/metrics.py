@@ -4,7 +4,6 @@ and COCO protocols): as an ignite metric for validation inside engines, and as e
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 from ignite.metrics import Metric
 
 from cellzoo.errors import InputError
-from cellzoo.io import coco_to_label_image, file_stem, load_coco_json, read_labels, write_text
-from cellzoo.metrics import coco_evaluate, evaluate_instances
+from cellzoo.io import coco_to_label_image, file_stem, load_coco_json, read_labels
+from cellzoo.metrics import coco_evaluate, evaluate_instances, write_metrics
 from cellzoo.methods.cupre.masks import detections_to_coco
 
 logger = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ def write_detection_report(prediction_dir: str | Path, records: Sequence[dict], 
             for key, value in _score(gt, results, iou_type, protocol).items():
                 report[f"{prefix}{iou_type}_{key}"] = float(value)
     report.update(_instance_f1(prediction_dir, records))
-    write_text(out_json, json.dumps(report, indent=2) + "\n")
+    report = write_metrics(out_json, report)
     logger.info("box AP %.4f, mask AP %.4f (LIVECell protocol) over %d images -> %s", report["bbox_AP"],
                 report["segm_AP"], len(records), out_json)
     return report

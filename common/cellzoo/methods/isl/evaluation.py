@@ -3,13 +3,13 @@ wrote (<output_dir>/labels/<field>_label.tiff) against each field's label_nuclei
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from cellzoo.errors import InputError
-from cellzoo.io import read_labels, write_text
+from cellzoo.io import read_labels
 from cellzoo.metrics.folders import instance_report
+from cellzoo.metrics.report import write_metrics
 
 __all__ = ["write_field_instance_report"]
 
@@ -30,7 +30,7 @@ def write_field_instance_report(output_dir: str | Path, datalist: list[dict], ou
             raise InputError("no predicted label image for this field", predicted)
         pairs.append((read_labels(entry["gt"]), read_labels(predicted, allow_empty=True)))
     report = instance_report(pairs, iou=iou, border_margin=border_margin)
-    write_text(out_json, json.dumps(report, indent=2) + "\n")
+    report = write_metrics(out_json, report)
     logger.info("F1@%.2f = %.4f, box AP %.4f over %d fields -> %s", iou, report["f1"], report["box_ap"],
                 len(pairs), out_json)
     return report

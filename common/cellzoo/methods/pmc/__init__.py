@@ -13,7 +13,15 @@ from cellzoo.methods.pmc.data import (
     stack_labels,
 )
 from cellzoo.methods.pmc.decode import DecodeBoxesd, decode_boxes
-from cellzoo.methods.pmc.detection import BoxAPMetric, CentroidLoss, HeatmapIoUMetric, box_ap, heatmap_miou
+from cellzoo.methods.pmc.detection import (
+    BoxAPMetric,
+    CentroidLoss,
+    DecodingThreshold,
+    HeatmapIoUMetric,
+    box_ap,
+    heatmap_miou,
+    saved_threshold,
+)
 from cellzoo.methods.pmc.engine import ValidationPlateau, pretext_key_metric, stacked_pred_label
 from cellzoo.methods.pmc.evaluation import detection_report
 from cellzoo.methods.pmc.masking import BatchMasking, RandMaskd, mae_mask, padded_mask
@@ -40,8 +48,8 @@ from cellzoo.methods.pmc.transforms import (
 __all__ = [
     "COLORMAPS", "MASKING", "PRETEXTS", "PROCEDURES", "BatchMasking", "BoxAPMetric", "CellCentroidFormer",
     "CentroidLoss", "CentroidTargetsd", "ContextBlock", "DecodeBoxesd", "HeadsLoss", "HeatmapIoUMetric",
-    "LoadContextd", "PretextBatch", "PretextTargetd", "RandMaskd", "SimCLRViewsd", "ValidationPlateau",
-    "ViewsContrastiveLoss", "apply_procedure", "box_ap", "box_heatmap", "colorize", "decode_boxes",
+    "DecodingThreshold", "LoadContextd", "PretextBatch", "PretextTargetd", "RandMaskd", "SimCLRViewsd", "ValidationPlateau",
+    "ViewsContrastiveLoss", "apply_procedure", "box_ap", "box_heatmap", "colorize", "decode_boxes", "saved_threshold",
     "detection_datalist", "detection_report", "detection_train_transforms", "detection_valid_transforms",
     "expand_slices", "folder_items", "head_fraction", "heatmap_miou", "labels_to_boxes", "lookup_table",
     "mae_mask", "padded_mask", "predict_transforms", "pretext_channels", "pretext_key_metric", "pretext_split",

@@ -8,16 +8,15 @@ the paper converts masks to boxes).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from cellzoo.errors import InputError
-from cellzoo.io import load_coco_json, write_text
+from cellzoo.io import load_coco_json
 from cellzoo.methods.pmc.data import stack_labels
 from cellzoo.methods.pmc.detection import boxes_to_coco_gt
 from cellzoo.methods.pmc.targets import labels_to_boxes
-from cellzoo.metrics import coco_evaluate
+from cellzoo.metrics import coco_evaluate, write_metrics
 
 __all__ = ["METRIC_NAMES", "detection_report"]
 
@@ -54,5 +53,5 @@ def detection_report(items: list[dict], output_dir: str | Path, metrics_file: st
                    "n_detections": len(detections)})
     report.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in extra.items()})
     if metrics_file is not None:
-        write_text(metrics_file, json.dumps(report, indent=2) + "\n")
+        report = write_metrics(metrics_file, report)
     return report

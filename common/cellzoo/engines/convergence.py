@@ -36,8 +36,6 @@ def _number(value) -> float | None:
     """A float from a tensor, number or one-element sequence; None for what is not a finite number."""
     if isinstance(value, (list, tuple)) and value:
         value = value[0]
-    if isinstance(value, dict):
-        value = value.get("loss")
     if isinstance(value, torch.Tensor):
         value = value.detach().float().mean().item() if value.numel() else None
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
+from monai.utils import convert_to_numpy
 
 from cellzoo.metrics.image import image_metrics
 from cellzoo.metrics.instance import DEFAULT_AP_THRESHOLDS, average_precision, instance_scores, threshold_key
@@ -21,7 +22,7 @@ class PerImageMeanMetric(CumulativeIterationMetric):
         raise NotImplementedError
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        scores = [self._score(_numpy(pred), _numpy(gt)) for pred, gt in zip(y_pred, y)]
+        scores = [self._score(convert_to_numpy(pred), convert_to_numpy(gt)) for pred, gt in zip(y_pred, y)]
         return torch.tensor(scores, dtype=torch.float32).reshape(-1, 1)
 
     def aggregate(self) -> torch.Tensor:
@@ -29,10 +30,6 @@ class PerImageMeanMetric(CumulativeIterationMetric):
         if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
             return torch.tensor(0.0)
         return buffer.float().nanmean()
-
-
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    return np.asarray(torch.as_tensor(x).detach().cpu())
 
 
 class InstanceF1Metric(PerImageMeanMetric):

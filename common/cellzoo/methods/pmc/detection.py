@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 from torch import nn
 from torch.nn import functional as F
 
 from cellzoo.methods.pmc.decode import decode_boxes
 from cellzoo.methods.pmc.targets import box_heatmap, labels_to_boxes
 from cellzoo.metrics import coco_evaluate
-from cellzoo.metrics.engine import PerImageMeanMetric, _numpy
+from cellzoo.metrics.engine import PerImageMeanMetric
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ class BoxAPMetric(PerImageMeanMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # one row per image: the AP at each candidate, then the image's highest heatmap value
-        rows = [[*self._scores(_numpy(pred), _numpy(gt)), float(_numpy(pred)[0].max())]
-                for pred, gt in zip(y_pred, y)]
+        pairs = [(convert_to_numpy(pred), convert_to_numpy(gt)) for pred, gt in zip(y_pred, y)]
+        rows = [[*self._scores(pred, gt), float(pred[0].max())] for pred, gt in pairs]
         return torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.candidates) + 1)
 
     def _scores(self, pred: np.ndarray, gt: np.ndarray) -> list[float]:

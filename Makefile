@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: venv test test-fast demo benchmark clean
+.PHONY: venv test test-fast demo benchmark release-models clean
 
 # torch>=2.14 / torchvision>=0.29 come from the registry (a CUDA build that also runs on the CPU).
 $(STAMP): pyproject.toml
@@ -26,9 +26,15 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellzoo demo --out $(DEMO_OUT)
 
-# every bundle's label-efficiency study on shared tasks (quick configs, 3 seeds); writes docs/label_efficiency.md
+# every bundle's label-efficiency study on the real tasks, each training run to its plateau, 3 seeds, with
+# cellpose from scratch as the peer (installed beside .venv); writes docs/label_efficiency.md (~150 min, 2 cores)
 benchmark: $(STAMP)
-	$(BIN)/cellzoo benchmark label-efficiency --quick --seeds 0,1,2 --out benchmark_output --docs docs/label_efficiency.md
+	bash scripts/install_cellpose_reference.sh
+	$(BIN)/cellzoo benchmark label-efficiency --seeds 0,1,2 --out benchmark_output --docs docs/label_efficiency.md
+
+# the weights every bundle ships (bundles/*/models, release.json); resumable
+release-models: $(STAMP)
+	$(BIN)/python scripts/train_release_models.py --work release_work
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) benchmark_output .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) benchmark_output release_work .pytest_cache

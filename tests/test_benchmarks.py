@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellzoo.benchmarks import cellpose_peer as peer
 from cellzoo.benchmarks import label_efficiency as bench
+from cellzoo.benchmarks.report import claim_verdicts
 from cellzoo.benchmarks.layouts import item_name, write_layout
 from cellzoo.benchmarks.samples import real_nuclei, synthetic_labelfree, synthetic_nuclei
 from cellzoo.bundles import parse_config_value
@@ -35,7 +37,7 @@ def planned(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     nuclei = dataclasses.replace(TINY["nuclei_synthetic"])
     labelfree = dataclasses.replace(TINY["labelfree_synthetic"])
-    return out, bench.plan_jobs([nuclei, labelfree], out, REALDATA)
+    return out, bench.plan_jobs([nuclei, labelfree], out, REALDATA, bench.bundle_entries())
 
 
 def test_every_bundle_reads_the_shared_items_under_the_same_names(planned):
@@ -55,7 +57,7 @@ def test_every_bundle_reads_the_shared_items_under_the_same_names(planned):
     assert len(frames) == 32
     cupre = next(job for job in jobs if job.entry.bundle == "cupre_instance_seg")
     assert len(list((cupre.data.parent / "coco_unlabelled").glob("*.tif"))) == 32
-    assert "--pretrain-set" in bench.study_command(cupre, [0], True)
+    assert "--pretrain-set" in bench.study_command(cupre, [0], smoke=True)
 
 
 def test_layouts_keep_pixels_and_labels(tmp_path):
@@ -94,21 +96,27 @@ class FakeStudies:
 
     def __call__(self, command, stdout=None, stderr=None, env=None):
         self.commands.append(command)
-        bundle, task = command[4], command[command.index("--task") + 1]
+        if command[2] == "cellzoo.benchmarks.cellpose_peer":
+            bundle, task, data = peer.PEER, peer.TASK, command[3]
+        else:
+            bundle, task, data = command[4], command[command.index("--task") + 1], command[5]
         out = Path(command[command.index("--out") + 1]) / task
         out.mkdir(parents=True, exist_ok=True)
-        job = next(j for j in self.jobs if j.entry.bundle == bundle and str(j.data) == command[5])
+        job = next(j for j in self.jobs if j.entry.bundle == bundle and str(j.data) == data)
         test = list(job.test_items) if bundle != self.wrong_split_for else ["elsewhere"]
         (out / "study.json").write_text(json.dumps({"test_items": test}))
         with open(out / f"{bundle}_{task}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["bundle", "task", "arm", "n", "seed", "metric", "value"])
-            for arm in command[command.index("--arms") + 1].split(","):
+            for arm in job.entry.arms:
                 for n in command[command.index("--sizes") + 1].split(","):
                     for seed in command[command.index("--seeds") + 1].split(","):
                         for theirs in job.entry.metrics.values():
                             writer.writerow([bundle, task, arm, n, seed, theirs, 0.1 * int(n) + 0.01 * int(seed)])
                         writer.writerow([bundle, task, arm, n, seed, "n_images", 3])  # not a benchmark metric
+                        result = out / f"seed{seed}" / arm / f"n{n}" / "result.json"
+                        result.parent.mkdir(parents=True, exist_ok=True)
+                        result.write_text(json.dumps({"minutes": 0.5 * int(n)}))
 
         class Done:
             returncode = 0
@@ -118,16 +126,19 @@ class FakeStudies:
 
 def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "TASKS", TINY)
+    monkeypatch.setattr(peer, "cellpose_path", lambda: tmp_path)  # the peer takes part (its process is faked too)
     fake = FakeStudies()
     fake.jobs = bench.plan_jobs([TINY["nuclei_synthetic"], TINY["labelfree_synthetic"]], tmp_path / "out", REALDATA)
     monkeypatch.setattr(bench.subprocess, "run", fake)
     docs = tmp_path / "docs" / "label_efficiency.md"
-    rows = bench.run_benchmark(tmp_path / "out", [0, 1], quick=True, tasks=["nuclei_synthetic", "labelfree_synthetic"],
+    rows = bench.run_benchmark(tmp_path / "out", [0, 1], smoke=True, tasks=["nuclei_synthetic", "labelfree_synthetic"],
                                jobs=2, docs=docs)
-    assert len(fake.commands) == 6  # 4 nucleus methods, 2 label-free methods
+    assert len(fake.commands) == 7  # 4 nucleus methods and cellpose, 2 label-free methods
     for command in fake.commands:
         assert command[command.index("--n-test") + 1] == "2" and command[command.index("--sizes") + 1] == "1,2"
-        assert command[command.index("--seeds") + 1] == "0,1" and "--quick" in command
+        assert command[command.index("--seeds") + 1] == "0,1" and "--smoke" in command
+        assert "--quick" in command or command[2] == "cellzoo.benchmarks.cellpose_peer"
+    assert {r["arm"] for r in rows if r["method"] == "cellpose"} == {"scratch"}
     assert {r["metric"] for r in rows if r["task"] == "nuclei_synthetic"} == {"box_ap", "f1", "mask_ap"}
     assert {r["metric"] for r in rows if r["method"] == "pmc_detection"} == {"box_ap"}  # boxes only
     assert not [r for r in rows if r["metric"] == "n_images"]
@@ -140,6 +151,22 @@ def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_pat
     assert "| 2 | " in report and "mediar: pretrained" in report and "unetr: mae" in report and "0.205 ± 0.007" in report
     assert (docs.parent / "images" / "label_efficiency_nuclei_synthetic.png").is_file()
     assert "images/label_efficiency_labelfree_synthetic.png" in report
+    assert "SMOKE RUN" in report and "| nuclei_synthetic | fine-tune | cellpose | scratch | 2 | 1.0 | 2 |" in report
+    with open(tmp_path / "out" / "label_efficiency_times.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * 2 * (2 + 2 + 2 + 1 + 1 + 1 + 2)  # seeds x sizes x arms
+    assert "| nuclei_synthetic | 2 | 2 | +0.000 f1 | within noise |" in report  # MEDIAR: equal arms
+    assert "Not measured here: ISL takes part with its scratch arms only" in report
+
+
+def test_claim_verdicts_need_every_seed_to_agree():
+    claim = bench.Claim("P", "arm beats scratch", "m", "arm", "scratch", "f1")
+    rows = [{"task": "t", "method": "m", "arm": arm, "n": n, "seed": seed, "metric": "f1", "value": value}
+            for n, arm, values in ((1, "arm", (0.5, 0.6, 0.7)), (1, "scratch", (0.4, 0.5, 0.6)),
+                                   (4, "arm", (0.5, 0.4, 0.7)), (4, "scratch", (0.4, 0.5, 0.6)),
+                                   (8, "arm", (0.1, 0.2, 0.3)), (8, "scratch", (0.4, 0.5, 0.6)))
+            for seed, value in enumerate(values)]
+    verdicts = {v["n"]: (v["verdict"], round(v["mean"], 3), v["seeds"]) for v in claim_verdicts(rows, [claim])}
+    assert verdicts == {1: ("yes", 0.1, 3), 4: ("within noise", 0.033, 3), 8: ("no", -0.3, 3)}
 
 
 def test_a_study_that_split_otherwise_is_reported(tmp_path, monkeypatch):

@@ -55,6 +55,20 @@ def study(fields: Path, out: Path, **options) -> list[dict]:
     return run_study(**{**args, **options})
 
 
+def test_smoke_gives_every_step_the_fixed_budgets_of_study_yaml(fields, tmp_path, monkeypatch):
+    """--smoke: study.yaml's `smoke:` values reach each step kind (and imply --quick); the manifest records it,
+    so a converged study cannot resume into a smoke run's folder."""
+    recorder = Recorder()
+    monkeypatch.setattr(engine, "run_config", recorder)
+    study(fields, tmp_path, sizes=[1], seeds=[0], smoke=True)
+    smoke = load_study("isl_segmentation").smoke
+    assert all(recorder.of("pretrain")[0][k] == v for k, v in smoke["pretrain"].items())
+    assert all(recorder.of("train")[0][k] == v for k, v in smoke["finetune"].items())
+    assert json.loads((tmp_path / "nuclei" / "study.json").read_text())["smoke"] is True
+    with pytest.raises(InputError, match="other settings \\(quick, smoke\\)"):
+        study(fields, tmp_path, sizes=[1], seeds=[0])
+
+
 def test_each_arm_starts_from_the_weights_it_names(fields, tmp_path, monkeypatch, capsys):
     recorder = Recorder()
     monkeypatch.setattr(engine, "run_config", recorder)
@@ -74,7 +88,7 @@ def test_each_arm_starts_from_the_weights_it_names(fields, tmp_path, monkeypatch
             expected = None if "scratch" in t["ckpt_dir"] else str(Path(pre["ckpt_dir"]) / "model.pt")
             assert t["init_ckpt"] == expected
             assert t["val_items"] == t["train_items"] and not set(t["train_items"]) & test
-            assert t["samples_per_epoch"] == 200  # study.yaml: the same iterations for every N
+            assert "samples_per_epoch" not in t and "max_epochs" not in t  # the config's convergence rule decides
         by_n = {len(t["train_items"]): t["train_items"] for t in runs}
         assert sorted(by_n) == [1, 2, 4] and by_n[4][:2] == by_n[2] and by_n[2][:1] == by_n[1]  # nested
     assert [t["train_items"] for t in train if t["seed"] == 0] != [t["train_items"] for t in train if t["seed"] == 1]
@@ -218,7 +232,7 @@ def test_a_real_tiny_study_and_its_command(fields, tmp_path, monkeypatch, capsys
     tiny = {"pretrain": {"max_epochs": 1, "samples_per_epoch": 8},
             "finetune": {"max_epochs": 1, "samples_per_epoch": 8}, "evaluate": {"crops_per_image": 1}}
     monkeypatch.setattr(engine, "load_study", lambda bundle: type(spec)(spec.bundle, spec.tasks, tiny, spec.data))
-    rows = study(fields, tmp_path, sizes=[1], seeds=[0], quick=True)
+    rows = study(fields, tmp_path, sizes=[1], seeds=[0], smoke=True)
     assert sorted((r["arm"], r["metric"]) for r in rows) == [("pretrained", "dice"), ("pretrained", "iou"),
                                                               ("scratch", "dice"), ("scratch", "iou")]
     folder = tmp_path / "nuclei" / "seed0"
@@ -230,7 +244,7 @@ def test_a_real_tiny_study_and_its_command(fields, tmp_path, monkeypatch, capsys
         assert [r["value"] for r in rows if r["arm"] == arm and r["metric"] == "iou"] == [metrics["iou"]]
 
     main(["study", "isl_segmentation", "--data", str(fields), "--sizes", "1", "--seeds", "0", "--task", "nuclei",
-          "--out", str(tmp_path), "--n-test", "2", "--quick"])
+          "--out", str(tmp_path), "--n-test", "2", "--smoke"])
     out = capsys.readouterr()
     assert "(done before, skipped)" in out.err and "| N | scratch (iou) | pretrained (iou) |" in out.out
     assert (tmp_path / "nuclei" / "isl_segmentation_nuclei.png").is_file()

@@ -254,24 +254,30 @@ class Benchmark:
     """Benchmarks across bundles."""
 
     def label_efficiency(self, quick: bool = False, seeds="0,1,2", out: str = "benchmark_output", tasks=None,
-                         jobs: int = 2, realdata: str | None = None, docs: str | None = None):
+                         jobs: int = 2, realdata: str | None = None, docs: str | None = None, paper: bool = False):
         """Every bundle's study on shared tasks (nucleus instances, label-free -> fluorescence; real and
-        synthetic) with the same test items and label budgets; resumes when run again.
+        synthetic) with the same test items and label budgets, plus cellpose from scratch on the nucleus
+        tasks; resumes when run again.
 
-        Writes <out>/label_efficiency.csv (task, method, arm, n, seed, metric, value), one plot per task and
+        Every fine-tuning and pretraining of the quick networks trains until its validation score stops
+        improving (--paper: the paper-scale configs, for a GPU). --quick is the smoke run: fixed tiny budgets,
+        all four tasks, minutes instead of hours; its figures are not results.
+        Writes <out>/label_efficiency.csv (task, method, arm, n, seed, metric, value), _times.csv, plots and
         <out>/label_efficiency.md (--docs FILE: also there, plots in images/ beside it). --tasks picks some
-        of nuclei_real, nuclei_synthetic, labelfree_real, labelfree_synthetic; --jobs studies run at once,
-        one CPU thread each; --realdata is the folder of the real data sets (default: ../shared/realdata
-        beside the repository; the real tasks are skipped when it is absent).
+        of nuclei_real, nuclei_synthetic, labelfree_real, labelfree_synthetic (default: the real ones;
+        --quick: all); --jobs studies run at once, one CPU thread each; --realdata is the folder of the real
+        data sets (default: ../shared/realdata beside the repository; without it the synthetic tasks run).
         """
         from cellzoo.benchmarks import run_benchmark
         from cellzoo.bundles import bundles_dir
 
-        rows = run_benchmark(_path(out, "--out"), _int_list(seeds, "--seeds"), quick=bool(quick),
+        if realdata is not None and not Path(_path(realdata, "--realdata")).is_dir():
+            raise InputError("--realdata: folder not found", realdata)
+        rows = run_benchmark(_path(out, "--out"), _int_list(seeds, "--seeds"), smoke=bool(quick),
                              tasks=None if tasks is None else _name_list(tasks),
                              jobs=_number(jobs, "--jobs", int, minimum=1),
                              realdata=realdata if realdata is not None else bundles_dir().parents[1] / "shared" / "realdata",
-                             docs=docs)
+                             docs=docs, paper=bool(paper))
         print(f"{len(rows)} rows; report: {Path(str(out)) / 'label_efficiency.md'}" + (f" and {docs}" if docs else ""))
 
 
@@ -322,23 +328,31 @@ class CellzooCLI:
         rows = measure_files(_path(image, "--image"), _path(labels, "--labels"), out)
         print(f"measured {len(rows)} cells -> {out}")
 
-    def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool = False,
+    def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool | None = None,
                 overwrite: bool = False, set=None, backend: str = "torch"):
         """Run a bundle's inference config on a folder of images with trained weights.
 
-        --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. No
-        bundle ships weights: train one (docs/own_data.md) or pass downloaded ones. --quick matches
-        checkpoints trained with quick.yaml. --backend onnxruntime runs the `model.onnx` of the bundle's
+        --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. Without
+        it, the bundle's shipped weights (models/release.json: quick-trained, with the settings they need).
+        --quick matches checkpoints trained with quick.yaml. --backend onnxruntime runs the `model.onnx` of the bundle's
         bioimage.io package (`cellzoo export-bioimageio`) on the CPU instead of PyTorch. An output folder
         that already holds predictions is refused unless --overwrite (which replaces the files of the same
         names). --set "{task: cells, inputs: [DIC]}" sets keys of inference.yaml (values are data).
         """
         from cellzoo.bundles import run_config
         from cellzoo.inference import is_onnx
+        from cellzoo.shipped_weights import shipped_weights
 
-        checkpoints = _checkpoint_list(checkpoint)
+        checkpoints, shipped_settings = _checkpoint_list(checkpoint), {}
         if not checkpoints:
-            raise InputError("--checkpoint is required: no bundle ships trained weights (see docs/own_data.md)")
+            shipped = shipped_weights(bundle)
+            if shipped is None:
+                raise InputError(f"--checkpoint is required: {bundle} ships no trained weights (see docs/own_data.md)")
+            checkpoints, shipped_settings = [str(shipped.checkpoint)], shipped.settings
+            quick = shipped.quick if quick is None else quick
+            print(f"using the shipped weights {shipped.record['checkpoint']} (sha256 {shipped.sha256[:12]})",
+                  file=sys.stderr)
+        quick = bool(quick)
         for path in checkpoints:
             if not Path(path).is_file():
                 raise InputError("checkpoint not found" if not Path(path).exists() else "checkpoint is not a file", path)
@@ -351,25 +365,27 @@ class CellzooCLI:
         if not Path(_path(input, "--input")).is_dir():
             raise InputError("input folder not found", input)
         _check_prediction_folder(Path(_path(output, "--output")), bool(overwrite))
-        settings = _config_settings(set, bundle, "inference", bool(quick))
+        settings = {**shipped_settings, **_config_settings(set, bundle, "inference", quick)}
         if backend == "torch":
-            _check_checkpoints_fit(bundle, checkpoints, bool(quick), settings)
+            _check_checkpoints_fit(bundle, checkpoints, quick, settings)
         elif "load_networks" not in str(_inference_network_line(bundle)):
             raise InputError(f"{bundle}'s detector has no ONNX form (its outputs depend on the data); use --backend torch")
-        run_config(bundle, "inference", quick=bool(quick), **settings, input_dir=str(input), output_dir=str(output),
+        run_config(bundle, "inference", quick=quick, **settings, input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
               quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None,
-              set=None, pretrain_set=None):
+              set=None, pretrain_set=None, smoke: bool = False):
         """Label-efficiency study of a bundle: arms x label budgets x seeds through the bundle's own configs.
 
         The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
         in the bundle's layout: a fixed test set (--n-test items, default 20%) is drawn once; per seed the
         rest is shuffled and each size N trains on the first N (--sizes takes numbers of items, or
         fractions such as 0.05,0.2 of the training pool). Pretrainings run once per seed (--pretrain-data
-        for those that train on another data set). Interrupted studies resume: run the same command again.
+        for those that train on another data set). Every training stops by its config's convergence rule
+        (--quick: the CPU-sized networks; --smoke: study.yaml's fixed tiny budgets instead, a check that the
+        steps run, not a result). Interrupted studies resume: run the same command again.
         Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
         --set "{inputs: [DIC]}" sets keys of the bundle's configs for every step (values are data);
         --pretrain-set "{max_epochs: 100}" sets keys for the pretraining steps only, after --set.
@@ -384,7 +400,7 @@ class CellzooCLI:
                          task=spec.name, quick=bool(quick), out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
                          n_test=None if n_test is None else int(n_test), settings=settings,
-                         pretrain_settings=pretrain_settings)
+                         pretrain_settings=pretrain_settings, smoke=bool(smoke))
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))

@@ -8,9 +8,15 @@ metrics.json map onto the benchmark's common metrics. The benchmark
 1. writes each task's samples (cellzoo.benchmarks.samples) in every layout a taking-part bundle reads,
    with the same item names everywhere, so one split seed gives every bundle the same test items and the
    same nested training sets (checked against each study's manifest afterwards);
-2. runs `cellzoo study` once per (task, bundle) in its own process, `jobs` at a time, one CPU thread each
-   (an interrupted benchmark resumes: the studies skip their finished steps);
-3. gathers the rows into one long CSV with the common metric names and writes the report (report.py).
+2. runs `cellzoo study --quick` once per (task, bundle) in its own process, `jobs` at a time, one CPU thread
+   each (an interrupted benchmark resumes: the studies skip their finished steps). Every fine-tuning and
+   pretraining trains the quick network until its validation score stops improving (each config's
+   convergence rule, the same for every method and arm); `smoke` instead gives them study.yaml's fixed tiny
+   budgets, a check for CI that every step runs, whose figures are not results;
+3. on the nucleus tasks, runs the peer a user would otherwise pick: cellpose from scratch under the same
+   rule (cellpose_peer.py), when cellpose is installed beside the project;
+4. gathers the rows into one long CSV with the common metric names, the wall time of every fine-tuning and
+   pretraining, and writes the report (report.py) with the training curves.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from cellzoo.bundles import bundles_dir
 from cellzoo.errors import InputError
 from cellzoo.studies.engine import MANIFEST, split_test
 
-__all__ = ["KINDS", "TASKS", "Job", "Task", "plan_jobs", "run_benchmark"]
+__all__ = ["CLAIMS", "KINDS", "TASKS", "Claim", "Job", "Task", "plan_jobs", "run_benchmark"]
 
 KINDS = {"nuclei": ("box_ap", "f1", "mask_ap"), "labelfree": ("psnr", "pcc", "ssim")}  # common metrics, key first
 SPLIT_SEED = 0
+# without --tasks: the converged benchmark runs the real tasks (about 150 minutes on 2 CPU cores), the smoke
+# run all four
+DEFAULT_TASKS = ("nuclei_real", "labelfree_real")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,37 @@ TASKS = {
     "labelfree_synthetic": Task("labelfree_synthetic", "labelfree", False, 4, (1, 4, 12),
                                 "phase contrast (3 focal planes) -> nuclear stain on 16 synthetic fields of 192 px"),
 }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim the benchmark can check: `arm` beats `baseline` on `metric` (higher is better)."""
+
+    paper: str
+    text: str
+    method: str
+    arm: str
+    baseline: str
+    metric: str
+    absent: str = ""  # why the benchmark cannot check it, shown when it has no rows
+
+
+CLAIMS = (
+    Claim("PMC", "pseudo-colorizing masked cells as pretraining raises detection AP over training from scratch "
+          "(Fluo-N2DH-SIM+: box AP 31.4 -> 43.4)", "pmc_detection", "pmc", "scratch", "box_ap"),
+    Claim("UNETR (LightMyCells)", "MAE pretraining on the brightfield images helps the UNETR predict the nuclear "
+          "stain (the paper's UNETR + MAE reaches PSNR 30.2 on the challenge validation)", "unetr_lightmycells",
+          "mae", "scratch", "psnr"),
+    Claim("In silico labeling", "predicting fluorescence from label-free images as pretraining helps segmentation "
+          "with few labels (nucleus IoU after one image 0.64 -> 0.84)", "isl_segmentation", "pretrained", "scratch",
+          "f1", absent="ISL takes part with its scratch arms only: its pretext needs label-free planes, and the "
+          "benchmark's nucleus task gives it fluorescence (the bundle's own study measures the claim)."),
+    Claim("MEDIAR", "pretraining on public labelled data sets before fine-tuning raises F1 on the target data",
+          "mediar_cellseg", "pretrained", "scratch", "f1"),
+    Claim("CUPre", "MoCo on cells alternating with COCO detection as pretraining beats training from scratch in "
+          "few-shot instance segmentation (LIVECell 5 %: box AP 9.9 -> 41.5)", "cupre_instance_seg", "cupre",
+          "scratch", "box_ap"),
+)
 # MEDIAR pretrains on labelled public data, CUPre on a natural-image COCO set: the benchmark's stand-ins
 PRETRAIN_DATA = ("labelled_nuclei", "objects")
 
@@ -125,6 +165,17 @@ def bundle_entries() -> list[Entry]:
     return entries
 
 
+def peer_entries() -> list[Entry]:
+    """cellpose from scratch on the nucleus tasks, when installed beside the project (else a note on stderr)."""
+    from cellzoo.benchmarks.cellpose_peer import PEER, TASK, cellpose_path
+
+    if cellpose_path() is None:
+        print("cellpose is not installed beside the project (scripts/install_cellpose_reference.sh): no peer row",
+              file=sys.stderr)
+        return []
+    return [Entry(PEER, "nuclei", TASK, "cellseg", ("scratch",), {m: m for m in KINDS["nuclei"]})]
+
+
 def _samples(task: Task, realdata: Path) -> tuple[list, list]:
     if task.kind == "nuclei":
         return shared.real_nuclei(realdata) if task.real else shared.synthetic_nuclei(16, 16, seed=1)
@@ -158,7 +209,8 @@ def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry]
         labelled, unlabelled = _samples(task, realdata)
         names = [item_name(s.name, task.kind) for s in labelled]
         test, _ = split_test(names, task.n_test, SPLIT_SEED, out)
-        for entry in (e for e in (entries if entries is not None else bundle_entries()) if e.kind == task.kind):
+        for entry in (e for e in (entries if entries is not None else bundle_entries() + peer_entries())
+                      if e.kind == task.kind):
             data = _prepared(out / "data" / task.name / entry.layout,
                              lambda f: write_layout(entry.layout, labelled, f, unlabelled))
             pretrain = None if entry.pretrain_data is None else _pretrain_folder(entry.pretrain_data, out)
@@ -172,13 +224,19 @@ def _fill(values: dict, job: Job) -> dict:
     return {k: fill.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
 
 
-def study_command(job: Job, seeds: list[int], quick: bool) -> list[str]:
-    """The `cellzoo study` command line of a job (values reach the configs as data)."""
+def study_command(job: Job, seeds: list[int], smoke: bool, paper: bool = False) -> list[str]:
+    """The `cellzoo study` command line of a job (values reach the configs as data); the peer's own for cellpose."""
+    from cellzoo.benchmarks.cellpose_peer import PEER, peer_command
+
+    if job.entry.bundle == PEER:
+        return peer_command(job.data, job.task.sizes, seeds, job.task.n_test, job.out) + (["--smoke"] if smoke else [])
     command = [sys.executable, "-m", "cellzoo.cli", "study", job.entry.bundle, str(job.data), "--task",
                job.entry.study_task, "--sizes", ",".join(map(str, job.task.sizes)), "--arms", ",".join(job.entry.arms),
                "--seeds", ",".join(map(str, seeds)), "--n-test", str(job.task.n_test), "--out", str(job.out)]
-    if quick:
+    if not paper:
         command.append("--quick")
+    if smoke:
+        command.append("--smoke")
     if job.pretrain_data is not None:
         command += ["--pretrain-data", str(job.pretrain_data)]
     for option, values in (("--set", job.entry.settings), ("--pretrain-set", job.entry.pretrain_settings)):
@@ -187,14 +245,15 @@ def study_command(job: Job, seeds: list[int], quick: bool) -> list[str]:
     return command
 
 
-def run_job(job: Job, seeds: list[int], quick: bool, progress) -> float:
+def run_job(job: Job, seeds: list[int], smoke: bool, paper: bool, progress) -> float:
     """Run one study in its own process (its output in <out>/study.log); returns its wall time in seconds."""
     job.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny tensors: one thread each
     started = time.perf_counter()
     progress(f"started {job.label} (log: {job.out / 'study.log'})")
     with open(job.out / "study.log", "a") as log:
-        code = subprocess.run(study_command(job, seeds, quick), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(study_command(job, seeds, smoke, paper), stdout=log, stderr=subprocess.STDOUT,
+                              env=env).returncode
     if code != 0:
         raise RuntimeError(f"{job.label} failed (exit {code}); see {job.out / 'study.log'}")
     _check_split(job)
@@ -221,17 +280,41 @@ def collect_rows(job: Job) -> list[dict]:
                 for row in csv.DictReader(handle) if row["metric"] in names]
 
 
-def run_benchmark(out: str | Path, seeds: list[int], quick: bool = True, tasks: list[str] | None = None,
-                  jobs: int = 2, realdata: str | Path | None = None, docs: str | Path | None = None) -> list[dict]:
-    """Run (or resume) the benchmark; writes <out>/label_efficiency.csv, one plot per task and the report."""
+def collect_times(job: Job) -> list[dict]:
+    """Wall time of every step a study ran: {task, method, arm, n, seed, step, minutes}; pretrainings as their
+    own rows (arm = the pretraining's name, n = 0), since an arm's cost includes them."""
+    rows = []
+    root = job.out / job.entry.study_task
+    for path in sorted(root.glob("seed*/*/n*/result.json")) + sorted(root.glob("seed*/pretrain_*/done.json")):
+        minutes = json.loads(path.read_text()).get("minutes")
+        if minutes is None:
+            continue
+        seed = int(path.parts[-4 if path.name == "result.json" else -3].removeprefix("seed"))
+        if path.name == "result.json":
+            arm, n, step = path.parts[-3], int(path.parts[-2].removeprefix("n")), "fine-tune"
+        else:
+            arm, n, step = path.parts[-2].removeprefix("pretrain_"), 0, "pretrain"
+        rows.append({"task": job.task.name, "method": job.entry.bundle, "arm": arm, "n": n, "seed": seed,
+                     "step": step, "minutes": float(minutes)})
+    return rows
+
+
+def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks: list[str] | None = None,
+                  jobs: int = 2, realdata: str | Path | None = None, docs: str | Path | None = None,
+                  paper: bool = False) -> list[dict]:
+    """Run (or resume) the benchmark; writes <out>/label_efficiency.csv, one plot per task and the report.
+
+    `smoke`: fixed tiny budgets instead of training to the plateau (CI); `paper`: the paper-scale configs."""
     from cellzoo.benchmarks.report import write_benchmark_report
 
     out, started = Path(out).absolute(), time.perf_counter()
-    chosen = [TASKS[t] for t in _check_tasks(tasks)]
+    chosen = [TASKS[t] for t in _check_tasks(tasks or (list(TASKS) if smoke else list(DEFAULT_TASKS)))]
     realdata = Path(realdata) if realdata is not None else None
     if any(t.real for t in chosen) and (realdata is None or not realdata.is_dir()):
-        print(f"real data not found ({realdata}): running the synthetic tasks only", file=sys.stderr)
-        chosen = [t for t in chosen if not t.real]
+        if tasks:
+            raise InputError("the real tasks need the real data sets (--realdata)", realdata)
+        print(f"real data not found ({realdata}): running the synthetic tasks instead", file=sys.stderr)
+        chosen = [t for t in TASKS.values() if not t.real]
     planned = plan_jobs(chosen, out, realdata)
     done, failed = [], []
 
@@ -241,7 +324,7 @@ def run_benchmark(out: str | Path, seeds: list[int], quick: bool = True, tasks: 
 
     def work(job: Job) -> None:
         try:
-            seconds = run_job(job, seeds, quick, progress)
+            seconds = run_job(job, seeds, smoke, paper, progress)
         except RuntimeError as err:  # the others go on; the report says what is missing
             failed.append(str(err))
             progress(str(err))
@@ -252,7 +335,10 @@ def run_benchmark(out: str | Path, seeds: list[int], quick: bool = True, tasks: 
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
         list(pool.map(work, sorted(planned, key=_expected_cost, reverse=True)))
     rows = [row for job in planned if job in done for row in collect_rows(job)]
-    write_benchmark_report(rows, chosen, out, seeds, quick, time.perf_counter() - started, docs)
+    times = [row for job in planned if job in done for row in collect_times(job)]
+    curves = [(job.task.name, job.entry.bundle, job.out / job.entry.study_task) for job in planned if job in done]
+    write_benchmark_report(rows, chosen, out, seeds, smoke, time.perf_counter() - started, docs, times=times,
+                           curves=curves)
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(planned)} studies failed: " + "; ".join(failed))
     return rows
@@ -268,5 +354,5 @@ def _check_tasks(tasks: list[str] | None) -> list[str]:
 
 def _expected_cost(job: Job) -> int:
     """Detectors and their pretrainings run longest: start them first so the jobs finish together."""
-    return {"cupre_instance_seg": 4, "pmc_detection": 3, "mediar_cellseg": 2}.get(job.entry.bundle, 1) * \
+    return {"cupre_instance_seg": 4, "pmc_detection": 3, "mediar_cellseg": 2, "cellpose": 2}.get(job.entry.bundle, 1) * \
         (2 if job.task.real else 1)

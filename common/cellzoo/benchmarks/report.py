@@ -1,12 +1,16 @@
 """The label-efficiency benchmark's results as files: one long CSV, one plot per task, a markdown report.
 
 Tables and plots show each (method, arm) as one column or line: the mean over seeds with the sample
-standard deviation, against the number of labelled training images N.
+standard deviation, against the number of labelled training images N. The report adds the wall time of
+every fine-tuning and pretraining, the validation curves of the largest budget, and per paper whether the
+benchmark shows the direction of its claim.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import statistics
 import platform
 import shutil
 import time
@@ -15,6 +19,12 @@ from pathlib import Path
 from cellzoo.studies.report import markdown_table, summarise, write_csv
 
 COLUMNS = ("task", "method", "arm", "n", "seed", "metric", "value")
+TIME_COLUMNS = ("task", "method", "arm", "n", "seed", "step", "minutes")
+CONVERGED_NOTE = ("quick (CPU-sized) networks, every fine-tuning and pretraining trained until its validation score "
+                  "stopped improving (each config's convergence rule: patience, a minimum, a maximum and a 10-minute "
+                  "guard), the same rule for every method and arm; cellpose under the same rule")
+SMOKE_NOTE = ("SMOKE RUN: quick networks with fixed tiny budgets (study.yaml `smoke:`), which checks that every step "
+              "runs; its figures measure under-training, not the methods")
 
 
 def method_label(row: dict) -> str:
@@ -59,6 +69,98 @@ def plot_task(rows: list[dict], metrics: tuple[str, ...], path: Path, title: str
     return path
 
 
+def plot_curves(curves: list[tuple[str, Path]], seed: int, n: int, path: Path, title: str) -> Path | None:
+    """One panel per method: the validation score against training progress, one line per arm (seed, N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(method, folder) for method, folder in curves if list(folder.glob(f"seed{seed}/*/n{n}/training_curve.csv"))]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), dpi=110, squeeze=False)
+    for ax, (method, folder) in zip(axes[0], panels):
+        for curve in sorted(folder.glob(f"seed{seed}/*/n{n}/training_curve.csv")):
+            x, y, unit = _read_curve(curve)
+            ax.plot(x, y, marker=".", label=curve.parts[-3])
+        ax.set_title(method.split("_")[0], fontsize=9)
+        ax.set_xlabel(unit)
+        ax.set_ylabel("validation score")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"{title}: validation during training (seed {seed}, N = {n})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _read_curve(path: Path) -> tuple[list[float], list[float], str]:
+    """A bundle's curve (iteration, val_metric) or the cellpose peer's (samples, val_f1): validated rows only."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    unit, score = ("iteration", "val_metric") if rows and "iteration" in rows[0] else ("samples", "val_f1")
+    rows = [r for r in rows if r.get(score) not in (None, "")]
+    return [float(r[unit]) for r in rows], [float(r[score]) for r in rows], \
+        "iterations" if unit == "iteration" else "samples (cellpose)"
+
+
+def claim_verdicts(rows: list[dict], claims) -> list[dict]:
+    """Per claim, task and N: the mean paired difference (arm - baseline, same seed) and the verdict: "yes" when
+    every seed's difference is positive, "no" when every one is negative, else "within noise"."""
+    verdicts = []
+    for claim in claims:
+        values = {(r["task"], r["arm"], r["n"], r["seed"]): r["value"] for r in rows
+                  if r["method"] == claim.method and r["metric"] == claim.metric}
+        for task, n in sorted({(t, n) for t, arm, n, _ in values if arm == claim.arm}):
+            diffs = [values[(task, claim.arm, n, s)] - values[(task, claim.baseline, n, s)]
+                     for (t, arm, m, s) in values if (t, arm, m) == (task, claim.arm, n)
+                     and (task, claim.baseline, n, s) in values]
+            if diffs:
+                verdict = "yes" if min(diffs) > 0 else "no" if max(diffs) < 0 else "within noise"
+                verdicts.append({"claim": claim, "task": task, "n": n, "mean": statistics.mean(diffs),
+                                 "seeds": len(diffs), "verdict": verdict})
+    return verdicts
+
+
+def _claims_section(rows: list[dict]) -> list[str]:
+    from cellzoo.benchmarks.label_efficiency import CLAIMS
+
+    lines = ["## The papers' claims", "",
+             "Per claim, task and budget N: the mean over seeds of the paired difference (arm minus baseline, same "
+             "seed and training set). Shown: **yes** when every seed's difference has the claimed sign, **no** when "
+             "every one has the other sign, **within noise** otherwise.", ""]
+    verdicts = claim_verdicts(rows, CLAIMS)
+    for claim in CLAIMS:
+        mine = [v for v in verdicts if v["claim"] is claim]
+        lines += [f"**{claim.paper}**: {claim.text}", ""]
+        if not mine:
+            lines += [f"Not measured here: {claim.absent}" if claim.absent else "No results.", ""]
+            continue
+        lines += ["| task | N | seeds | mean difference | shown |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {v['task']} | {v['n']} | {v['seeds']} | {v['mean']:+.3f} {claim.metric} | {v['verdict']} |"
+                  for v in mine]
+        lines.append("")
+    return lines
+
+
+def _times_section(times: list[dict]) -> list[str]:
+    """Mean wall minutes per (task, method, arm, N) for fine-tunings, and per pretraining."""
+    if not times:
+        return []
+    groups: dict[tuple, list[float]] = {}
+    for row in times:
+        groups.setdefault((row["task"], row["step"], row["method"], row["arm"], row["n"]), []).append(row["minutes"])
+    lines = ["## Cost: wall time", "",
+             "Minutes per run on this machine (mean over seeds, one CPU thread per study, two studies at once); "
+             "an arm that starts from a pretraining also costs that pretraining (once per seed).", "",
+             "| task | step | method | arm | N | minutes (mean) | runs |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (task, step, method, arm, n), values in sorted(groups.items()):
+        lines.append(f"| {task} | {step} | {method} | {arm} | {n or '-'} | {statistics.mean(values):.1f} | {len(values)} |")
+    return lines + [""]
+
+
 def _machine() -> str:
     import torch
 
@@ -67,8 +169,9 @@ def _machine() -> str:
             f"{'a CUDA GPU' if torch.cuda.is_available() else 'no GPU'}; one CPU thread per study")
 
 
-def markdown_report(rows: list[dict], tasks: list, seeds: list[int], quick: bool, seconds: float,
-                    plots: dict[str, str], command: str) -> str:
+def markdown_report(rows: list[dict], tasks: list, seeds: list[int], smoke: bool, seconds: float,
+                    plots: dict[str, str], command: str, times: list[dict] = (),
+                    curve_plots: dict[str, str] | None = None) -> str:
     """The report: how it was made, then per task its description, a table per metric and its plot."""
     from cellzoo.benchmarks.label_efficiency import KINDS
 
@@ -82,8 +185,7 @@ def markdown_report(rows: list[dict], tasks: list, seeds: list[int], quick: bool
              "SSIM after percentile normalisation. Segmenters give no confidence per cell, so their box and mask AP "
              "rank the cells in label order; the detectors (CUPre, PMC) rank by score. PMC predicts boxes only.", "",
              f"- Command: `{command}`",
-             f"- Configs: {'quick (CPU-sized networks and schedules)' if quick else 'paper scale'}; seeds "
-             f"{', '.join(map(str, seeds))}",
+             f"- Configs: {SMOKE_NOTE if smoke else CONVERGED_NOTE}; seeds {', '.join(map(str, seeds))}",
              f"- Machine: {_machine()}",
              f"- Wall time: {seconds / 60:.0f} min; written {time.strftime('%Y-%m-%d %H:%M %Z')}", ""]
     for task in tasks:
@@ -99,35 +201,50 @@ def markdown_report(rows: list[dict], tasks: list, seeds: list[int], quick: bool
                 lines += [f"**{metric}**", "", markdown_table(metric_rows, metric).replace(f" ({metric})", ""), ""]
         if task.name in plots:
             lines += [f"![{task.name}]({plots[task.name]})", ""]
+        if task.name in (curve_plots or {}):
+            lines += [f"![{task.name} curves]({curve_plots[task.name]})", ""]
+    lines += _times_section(list(times)) + _claims_section(rows)
     return "\n".join(lines)
 
 
-def write_benchmark_report(rows: list[dict], tasks: list, out: Path, seeds: list[int], quick: bool, seconds: float,
-                           docs: str | Path | None = None, command: str | None = None) -> dict[str, Path]:
-    """<out>/label_efficiency.csv, <out>/label_efficiency_<task>.png, <out>/label_efficiency.md (and a copy of
-    the report at `docs`, with its plots beside it in images/)."""
+def write_benchmark_report(rows: list[dict], tasks: list, out: Path, seeds: list[int], smoke: bool, seconds: float,
+                           docs: str | Path | None = None, command: str | None = None, times: list[dict] = (),
+                           curves: list[tuple[str, str, Path]] = ()) -> dict[str, Path]:
+    """<out>/label_efficiency.csv (and _times.csv), <out>/label_efficiency_<task>.png (and _curves.png),
+    <out>/label_efficiency.md (and a copy of the report at `docs`, with its plots beside it in images/).
+    `curves`: (task, method, study folder) of every finished study."""
     from cellzoo.benchmarks.label_efficiency import KINDS
 
     files = {"csv": write_csv(rows, out / "label_efficiency.csv", COLUMNS)}
-    plots = {}
+    if times:
+        files["times"] = write_csv(list(times), out / "label_efficiency_times.csv", TIME_COLUMNS)
+    plots, curve_plots = {}, {}
     for task in tasks:
         task_rows = [row for row in rows if row["task"] == task.name]
         if task_rows:
             plots[task.name] = plot_task(task_rows, KINDS[task.kind], out / f"label_efficiency_{task.name}.png",
                                          task.name)
-    command = command or "cellzoo benchmark label-efficiency " + ("--quick " if quick else "") + \
+        curve = plot_curves([(m, f) for t, m, f in curves if t == task.name], seeds[0], max(task.sizes),
+                            out / f"label_efficiency_{task.name}_curves.png", task.name)
+        if curve is not None:
+            curve_plots[task.name] = curve
+    command = command or "cellzoo benchmark label-efficiency " + ("--quick " if smoke else "") + \
         f"--seeds {','.join(map(str, seeds))}"
+
+    def render(link) -> str:
+        return markdown_report(rows, tasks, seeds, smoke, seconds, {k: link(p) for k, p in plots.items()}, command,
+                               times, {k: link(p) for k, p in curve_plots.items()})
+
     report = out / "label_efficiency.md"
-    report.write_text(markdown_report(rows, tasks, seeds, quick, seconds, {k: p.name for k, p in plots.items()}, command))
-    files.update({"report": report, **{f"plot_{k}": p for k, p in plots.items()}})
+    report.write_text(render(lambda path: path.name))
+    files.update({"report": report, **{f"plot_{k}": p for k, p in plots.items()},
+                  **{f"curves_{k}": p for k, p in curve_plots.items()}})
     if docs is not None:
         docs = Path(docs)
         images = docs.parent / "images"
         images.mkdir(parents=True, exist_ok=True)
-        links = {}
-        for name, path in plots.items():
+        for path in [*plots.values(), *curve_plots.values()]:
             shutil.copyfile(path, images / path.name)
-            links[name] = f"images/{path.name}"
-        docs.write_text(markdown_report(rows, tasks, seeds, quick, seconds, links, command))
+        docs.write_text(render(lambda path: f"images/{path.name}"))
         files["docs"] = docs
     return files

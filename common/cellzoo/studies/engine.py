@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ class Study:
     seeds: tuple[int, ...]
     quick: bool
     out: Path
-    quick_overrides: dict
+    smoke_overrides: dict  # study.yaml `smoke:` with --smoke: fixed tiny budgets instead of the convergence rule
     pretrain_data: Path | None = None
     settings: dict = field(default_factory=dict)  # the user's --set values, for every step
     pretrain_settings: dict = field(default_factory=dict)  # --pretrain-set values, for pretraining steps only
@@ -61,18 +62,20 @@ class Study:
 def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
               pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0,
-              settings: dict | None = None, pretrain_settings: dict | None = None) -> list[dict]:
+              settings: dict | None = None, pretrain_settings: dict | None = None, smoke: bool = False) -> list[dict]:
     """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}.
 
     `sizes` are label budgets: numbers of labelled items, or fractions (0 < f < 1) of the training pool.
     `settings` are config values for every step (e.g. the input planes of a data set), `pretrain_settings`
-    for the pretraining steps only, after `settings` (e.g. a longer pretraining).
+    for the pretraining steps only, after `settings` (e.g. a longer pretraining). Every training stops by
+    its config's convergence rule; `smoke` (implies `quick`) replaces it by the fixed tiny budgets of
+    study.yaml's `smoke:` section, a check that the steps run, not a result.
     """
     spec = load_study(bundle)
     task_spec = spec.task(task)
     study = Study(spec.bundle, task_spec, Path(data).absolute(), (), _check_arms(task_spec, arms),
-                  tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick), Path(out).absolute() / task_spec.name,
-                  spec.quick if quick else {}, None if pretrain_data is None else Path(pretrain_data).absolute(),
+                  tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick or smoke), Path(out).absolute() / task_spec.name,
+                  spec.smoke if smoke else {}, None if pretrain_data is None else Path(pretrain_data).absolute(),
                   dict(settings or {}), dict(pretrain_settings or {}))
     _check_pretrain_data(study)
     test, pool = split_test(labelled_items(study), n_test, split_seed, study.data)
@@ -83,7 +86,7 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
     progress = Progress(_step_count(study))
     rows = []
     for seed in study.seeds:
-        order = random.Random(seed).sample(pool, len(pool))
+        order = training_order(pool, seed)
         checkpoints: dict[str, Path] = {}
         for name in _pretrainings_needed(study):  # a pretraining's own init comes before it
             checkpoints[name] = pretrain(study, name, seed, test, progress, checkpoints)
@@ -91,6 +94,11 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
             for arm in study.arms:
                 rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
     return rows
+
+
+def training_order(pool: list[str], seed: int) -> list[str]:
+    """The pool shuffled by `seed`: a budget of N trains on the first N (nested training sets per seed)."""
+    return random.Random(seed).sample(pool, len(pool))
 
 
 def label_budgets(sizes: Sequence[float], pool: int, units: str = "items", n_test: int = 0) -> tuple[int, ...]:
@@ -168,6 +176,8 @@ def _check_manifest(study: Study, test: list[str]) -> None:
                 "settings": study.settings}
     if study.pretrain_settings:  # only when given, so folders of studies without them still resume
         manifest["pretrain_settings"] = study.pretrain_settings
+    if study.smoke_overrides:
+        manifest["smoke"] = True
     path = study.out / MANIFEST
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -196,9 +206,9 @@ class Progress:
 
 
 def _overrides(study: Study, kind: str, step_overrides: dict, arm_overrides: dict, run: dict) -> dict:
-    """Task, step, --quick, arm, --set (and for pretraining --pretrain-set) overrides, then the run's own keys (data, items, seed, folders);
+    """Task, step, --smoke, arm, --set (and for pretraining --pretrain-set) overrides, then the run's own keys (data, items, seed, folders);
     later ones win; placeholders filled."""
-    merged = {**study.task.overrides, **step_overrides, **study.quick_overrides.get(kind, {}), **arm_overrides,
+    merged = {**study.task.overrides, **step_overrides, **study.smoke_overrides.get(kind, {}), **arm_overrides,
               **study.settings, **(study.pretrain_settings if kind == "pretrain" else {}), **run}
     fill = {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)}
     return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
@@ -224,9 +234,11 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     run = {**data, "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
     if step.init is not None:
         run["init_ckpt"] = str((checkpoints or {})[step.init])
+    started = time.perf_counter()
     run_config(study.bundle, step.config, quick=study.quick, **_overrides(study, "pretrain", step.overrides, {}, run))
     _require(folder / "model.pt", what)
-    _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else []})
+    _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else [],
+                                "minutes": (time.perf_counter() - started) / 60})
     return folder / "model.pt"
 
 
@@ -245,13 +257,15 @@ def run_cell(study: Study, arm: str, n: int, seed: int, train: list[str], test: 
     run = {"dataset_dir": str(study.data), "train_items": train, "val_items": train, "init_ckpt": init,
            "seed": seed, "ckpt_dir": str(folder), "output_dir": str(folder / "runs")}
     step = study.task.finetune
+    started = time.perf_counter()
     run_config(study.bundle, step.config, quick=study.quick,
                **_overrides(study, "finetune", step.overrides, spec.overrides, run))
+    minutes = (time.perf_counter() - started) / 60
     _require(folder / "model.pt", what)
     metrics = evaluate(study, folder / "model.pt", test, folder / "eval")
     rows = [{"bundle": study.bundle, "task": study.task.name, "arm": arm, "n": n, "seed": seed, "metric": name,
              "value": value} for name, value in metrics.items()]
-    _write_json(folder / RESULT, {"init_ckpt": init, "train_items": train, "rows": rows})
+    _write_json(folder / RESULT, {"init_ckpt": init, "train_items": train, "rows": rows, "minutes": minutes})
     logger.info("%s: %s = %.4f", what, study.task.metric, metrics[study.task.metric])
     return rows
 

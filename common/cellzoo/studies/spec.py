@@ -65,11 +65,11 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A bundle's study.yaml: its tasks, the overrides --quick adds per step kind, and its data layout."""
+    """A bundle's study.yaml: its tasks, the fixed budgets --smoke adds per step kind, and its data layout."""
 
     bundle: str
     tasks: dict[str, TaskSpec]
-    quick: dict[str, dict]
+    smoke: dict[str, dict]
     data: dict
 
     def task(self, name: str | None) -> TaskSpec:
@@ -101,11 +101,11 @@ def _parse(bundle: str, raw: dict) -> StudySpec:
     tasks = {name: _task(name, body) for name, body in _mapping(raw, "tasks").items()}
     if not tasks:
         raise ValueError("no tasks")
-    quick = {kind: dict(values or {}) for kind, values in (raw.get("quick") or {}).items()}
-    unknown = set(quick) - set(STEP_KINDS)
+    smoke = {kind: dict(values or {}) for kind, values in (raw.get("smoke") or {}).items()}
+    unknown = set(smoke) - set(STEP_KINDS)
     if unknown:
-        raise ValueError(f"quick: unknown step kinds {sorted(unknown)} (use {', '.join(STEP_KINDS)})")
-    return StudySpec(bundle, tasks, quick, dict(raw.get("data") or {}))
+        raise ValueError(f"smoke: unknown step kinds {sorted(unknown)} (use {', '.join(STEP_KINDS)})")
+    return StudySpec(bundle, tasks, smoke, dict(raw.get("data") or {}))
 
 
 def _mapping(raw: dict, key: str) -> dict:

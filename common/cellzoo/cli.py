@@ -38,7 +38,7 @@ def _output_file(path, overwrite: bool, option: str) -> Path:
     path = Path(_path(path, option))
     if path.is_dir():
         raise InputError(f"{option} names a folder; give a file name", path)
-    if path.exists() and not overwrite:
+    if path.exists() and not _flag(overwrite, "--overwrite"):
         raise InputError(f"{option} exists; pass --overwrite to replace it", path)
     return path
 
@@ -57,13 +57,24 @@ def _number(value, option: str, kind=float, minimum=None, maximum=None, exclusiv
     return number
 
 
+TRUE, FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _flag(value, option: str) -> bool:
+    """A boolean option: True/False as fire gives them, or true/false/yes/no/1/0/on/off in any case."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise InputError(f"{option} takes true or false (yes/no, 1/0), got {value!r}")
+
+
 def _parse_size(size) -> tuple[int, int]:
     """Accept "H,W" as fire hands it over: a string, a tuple or a single int."""
-    if isinstance(size, int):
-        return (size, size)
-    parts = size.split(",") if isinstance(size, str) else list(size)
+    parts = [size] * 2 if isinstance(size, (int, float)) else size.split(",") if isinstance(size, str) else list(size)
     try:
-        values = tuple(int(p) for p in parts)
+        values = tuple(_whole(p) for p in parts)
     except (TypeError, ValueError) as err:
         raise InputError(f"--size must be H,W in pixels, got {size!r}") from err
     if len(values) != 2 or min(values) < 16:
@@ -71,15 +82,40 @@ def _parse_size(size) -> tuple[int, int]:
     return values
 
 
-def _check_prediction_folder(output: Path, overwrite: bool) -> None:
-    """Refuse an output folder that holds earlier predictions, unless --overwrite."""
+def _check_prediction_folder(output: Path, overwrite: bool, bundle: str) -> None:
+    """Refuse an output folder that holds earlier predictions (the shared folders, and the files the bundle's
+    study.yaml declares as its output, `data.inference_output`), unless --overwrite."""
+    from cellzoo.studies import load_study
+
     if output.exists() and not output.is_dir():
         raise InputError("--output is a file, not a folder", output)
-    earlier = sorted(p for name in PREDICTION_FOLDERS for p in (output / name).glob("*") if p.is_file())
+    declared = load_study(bundle).data.get("inference_output")
+    earlier = sorted({p for name in PREDICTION_FOLDERS for p in (output / name).glob("*") if p.is_file()} |
+                     ({p for p in output.glob(declared) if p.is_file()} if declared else set()))
     if earlier and not overwrite:
         raise InputError(f"the output folder already holds {len(earlier)} prediction file(s) (e.g. "
                          f"{earlier[0].relative_to(output)}); pass --overwrite to replace them or choose another "
                          "--output", output)
+
+
+# MONAI's config keys that instantiate, import, disable or switch a component: never data
+CONFIG_CODE_KEYS = ("_target_", "_requires_", "_disabled_", "_mode_", "_desc_")
+
+
+def _plain_data(value, option: str, where: str = "") -> None:
+    """Refuse what MONAI's parser would run or follow: its code keys at any depth, and strings that start
+    with `$` (an expression), `@` (a reference) or `%` (a macro), or hold a relative id (`@::`, `%::`)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if str(key) in CONFIG_CODE_KEYS:
+                raise InputError(f"{option}: {where + str(key)!r} is a config code key; values must be plain data")
+            _plain_data(item, option, f"{where}{key}#")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _plain_data(item, option, f"{where}{index}#")
+    elif isinstance(value, str) and (value.startswith(("$", "@", "%")) or "@::" in value or "%::" in value):
+        raise InputError(f"{option}: {where.rstrip('#') or 'the value'} = {value!r} would run as config code "
+                         "(it starts with $, @ or %); values must be plain data")
 
 
 def _config_settings(value, bundle: str, config: str | None, quick: bool, option: str = "--set") -> dict:
@@ -99,6 +135,7 @@ def _config_settings(value, bundle: str, config: str | None, quick: bool, option
         raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\" ({err})") from err
     if not isinstance(settings, dict):
         raise InputError(f"{option} must be a mapping such as \"{{task: cells}}\", got {value!r}")
+    _plain_data(settings, option)
     if config is None:  # only the form is checked here; the caller checks the keys
         return settings
     parser = ConfigParser()
@@ -174,18 +211,41 @@ def _items(value) -> list:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
-def _int_list(value, option: str) -> list[int]:
+def _int_list(value, option: str, minimum: int = 0) -> list[int]:
+    """Comma-separated whole numbers >= minimum, at least one."""
     try:
-        return [int(part) for part in _items(value)]
+        numbers = [_whole(part) for part in _items(value)]
     except (TypeError, ValueError) as err:
         raise InputError(f"{option} must be comma-separated integers, got {value!r}") from err
+    if not numbers or min(numbers) < minimum:
+        raise InputError(f"{option} must be comma-separated integers >= {minimum}, at least one, got {value!r}")
+    return numbers
+
+
+def _whole_option(value, option: str) -> int:
+    try:
+        return _whole(value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{option} must be a whole number, got {value!r}") from err
+
+
+def _whole(value) -> int:
+    """int(value) for whole numbers only ("2.5" and 2.5 are refused, 2 and "2" pass)."""
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
 
 
 def _float_list(value, option: str) -> list[float]:
+    """Comma-separated positive numbers, at least one."""
     try:
-        return [float(part) for part in _items(value)]
+        numbers = [float(part) for part in _items(value)]
     except (TypeError, ValueError) as err:
         raise InputError(f"{option} must be comma-separated numbers, got {value!r}") from err
+    if not numbers or min(numbers) <= 0:
+        raise InputError(f"{option} must be comma-separated positive numbers, at least one, got {value!r}")
+    return numbers
 
 
 def _name_list(value) -> list[str]:
@@ -246,8 +306,8 @@ class Evaluate:
 
         if json:
             _output_file(json, overwrite, "--json")
-        _print_json(evaluate_image_folders(_path(pred, "--pred"), _path(gt, "--gt"), normalize=bool(normalize)), json,
-                    overwrite)
+        _print_json(evaluate_image_folders(_path(pred, "--pred"), _path(gt, "--gt"),
+                                           normalize=_flag(normalize, "--normalize")), json, overwrite)
 
 
 class Benchmark:
@@ -273,11 +333,13 @@ class Benchmark:
 
         if realdata is not None and not Path(_path(realdata, "--realdata")).is_dir():
             raise InputError("--realdata: folder not found", realdata)
-        rows = run_benchmark(_path(out, "--out"), _int_list(seeds, "--seeds"), smoke=bool(quick),
+        rows = run_benchmark(_path(out, "--out"), _int_list(seeds, "--seeds"), smoke=_flag(quick, "--quick"),
                              tasks=None if tasks is None else _name_list(tasks),
                              jobs=_number(jobs, "--jobs", int, minimum=1),
                              realdata=realdata if realdata is not None else bundles_dir().parents[1] / "shared" / "realdata",
-                             docs=docs, paper=bool(paper))
+                             docs=docs, paper=_flag(paper, "--paper"))
+        if not rows:
+            raise InputError("the benchmark produced no results (see the messages above)")
         print(f"{len(rows)} rows; report: {Path(str(out)) / 'label_efficiency.md'}" + (f" and {docs}" if docs else ""))
 
 
@@ -314,10 +376,10 @@ class CellzooCLI:
 
         if layout not in LAYOUTS + OTHER_LAYOUTS:
             raise InputError(f"--layout must be one of {', '.join(LAYOUTS + OTHER_LAYOUTS)}, got {layout!r}")
-        if int(n) < 1:
-            raise InputError(f"--n must be at least 1, got {n}")
-        options = {} if depth is None else {"depth": int(depth)}
-        path = synthesize(layout, int(n), str(out), seed=int(seed), size=_parse_size(size), **options)
+        n = _number(_whole_option(n, "--n"), "--n", int, minimum=1)
+        seed = _number(_whole_option(seed, "--seed"), "--seed", int, minimum=0)
+        options = {} if depth is None else {"depth": _number(_whole_option(depth, "--depth"), "--depth", int, minimum=2)}
+        path = synthesize(layout, n, _path(out, "--out"), seed=seed, size=_parse_size(size), **options)
         print(f"wrote {layout} layout with n={n} (seed {seed}) to {path}")
 
     def measure(self, image: str, labels: str, out: str, overwrite: bool = False):
@@ -343,6 +405,10 @@ class CellzooCLI:
         from cellzoo.inference import is_onnx
         from cellzoo.shipped_weights import shipped_weights
 
+        if not Path(_path(input, "--input")).is_dir():
+            raise InputError("input folder not found", input)
+        overwrite = _flag(overwrite, "--overwrite")
+        _check_prediction_folder(Path(_path(output, "--output")), overwrite, bundle)
         checkpoints, shipped_settings = _checkpoint_list(checkpoint), {}
         if not checkpoints:
             shipped = shipped_weights(bundle)
@@ -352,7 +418,7 @@ class CellzooCLI:
             quick = shipped.quick if quick is None else quick
             print(f"using the shipped weights {shipped.record['checkpoint']} (sha256 {shipped.sha256[:12]})",
                   file=sys.stderr)
-        quick = bool(quick)
+        quick = _flag(quick, "--quick") if quick is not None else False
         for path in checkpoints:
             if not Path(path).is_file():
                 raise InputError("checkpoint not found" if not Path(path).exists() else "checkpoint is not a file", path)
@@ -362,9 +428,6 @@ class CellzooCLI:
             if is_onnx(path) != (backend == "onnxruntime"):
                 raise InputError("--backend onnxruntime takes .onnx checkpoints (a package's model.onnx), --backend "
                                  "torch PyTorch ones", path)
-        if not Path(_path(input, "--input")).is_dir():
-            raise InputError("input folder not found", input)
-        _check_prediction_folder(Path(_path(output, "--output")), bool(overwrite))
         settings = {**shipped_settings, **_config_settings(set, bundle, "inference", quick)}
         if backend == "torch":
             _check_checkpoints_fit(bundle, checkpoints, quick, settings)
@@ -393,14 +456,15 @@ class CellzooCLI:
         from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
         spec = load_study(bundle).task(task)
-        settings = _config_settings(set, bundle, spec.finetune.config, bool(quick))
-        pretrain_settings = _pretrain_settings(pretrain_set, bundle, spec, bool(quick))
+        quick, smoke = _flag(quick, "--quick"), _flag(smoke, "--smoke")
+        settings = _config_settings(set, bundle, spec.finetune.config, quick)
+        pretrain_settings = _pretrain_settings(pretrain_set, bundle, spec, quick)
         rows = run_study(bundle, _path(data, "--data"), _float_list(sizes, "--sizes"),
                          arms=None if arms is None else _name_list(arms), seeds=_int_list(seeds, "--seeds"),
-                         task=spec.name, quick=bool(quick), out=_path(out, "--out"),
+                         task=spec.name, quick=quick, out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
                          n_test=None if n_test is None else int(n_test), settings=settings,
-                         pretrain_settings=pretrain_settings, smoke=bool(smoke))
+                         pretrain_settings=pretrain_settings, smoke=smoke)
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))
@@ -426,13 +490,14 @@ class CellzooCLI:
         if not Path(str(checkpoint)).is_file():
             raise InputError("checkpoint not found", checkpoint)
         target = Path(_path(out, "--out"))
-        if ((target / str(bundle)).exists() or (target / f"{bundle}.zip").exists()) and not overwrite:
+        if ((target / str(bundle)).exists() or (target / f"{bundle}.zip").exists()) and not _flag(overwrite, "--overwrite"):
             raise InputError(f"{target / str(bundle)} already exists; pass --overwrite to replace it")
-        settings = _config_settings(set, bundle, "inference", bool(quick))
-        _check_checkpoints_fit(bundle, [str(checkpoint)], bool(quick), settings)
-        paths = export_bioimageio(bundle, checkpoint, target, quick=bool(quick), settings=settings)
+        quick = _flag(quick, "--quick")
+        settings = _config_settings(set, bundle, "inference", quick)
+        _check_checkpoints_fit(bundle, [str(checkpoint)], quick, settings)
+        paths = export_bioimageio(bundle, checkpoint, target, quick=quick, settings=settings)
         print(f"package: {paths['zip']} (folder {paths['folder']})")
-        if validate:
+        if _flag(validate, "--validate"):
             summary = test_package(paths["zip"])
             failed = [d for d in summary.details if d.status == "failed"]
             print(f"bioimageio.core test: {summary.status} ({len(summary.details)} checks, {len(failed)} failed)")

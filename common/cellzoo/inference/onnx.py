@@ -42,6 +42,26 @@ class OnnxNetwork(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
         self.path = str(path)
 
+    def check_fits(self, network: nn.Module) -> None:
+        """Refuse a graph whose input (one, rank 4, its channels) or output channels differ from the bundle's
+        network: another bundle's model.onnx would otherwise run and write wrong predictions."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape
+        if len(inputs) != 1 or len(shape) != 4 or not isinstance(shape[1], int):
+            raise InputError(f"the ONNX graph's inputs {[(i.name, i.shape) for i in inputs]} are not one (B, C, H, W) "
+                             "image: not this bundle's network", self.path)
+        window = [d if isinstance(d, int) else 64 for d in shape[2:]]
+        try:
+            with torch.no_grad():
+                expected = _first_tensor(copy.deepcopy(network).eval()(torch.zeros(1, shape[1], *window)))
+        except (RuntimeError, ValueError) as err:
+            raise InputError(f"the ONNX graph takes {shape[1]} input channels, which this bundle's network does not",
+                             self.path) from err
+        channels = outputs[0].shape[1] if len(outputs[0].shape) > 1 else None
+        if channels != expected.shape[1]:
+            raise InputError(f"the ONNX graph gives {channels} output channels, this bundle's network "
+                             f"{expected.shape[1]}: not this bundle's network", self.path)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(out).to(x.device)
@@ -52,5 +72,19 @@ def load_networks(network_def: nn.Module, checkpoints: Sequence[str | Path], dev
     state dicts loaded into a copy of `network_def`."""
     from cellzoo.engines import load_weights
 
-    networks = [OnnxNetwork(c) if is_onnx(c) else load_weights(copy.deepcopy(network_def), c).to(device) for c in checkpoints]
+    networks = []
+    for checkpoint in checkpoints:
+        if is_onnx(checkpoint):
+            networks.append(OnnxNetwork(checkpoint))
+            networks[-1].check_fits(network_def)
+        else:
+            networks.append(load_weights(copy.deepcopy(network_def), checkpoint).to(device))
     return nn.ModuleList(networks)
+
+
+def _first_tensor(output) -> torch.Tensor:
+    """The network's output, or its first tensor when it returns several (what the ONNX graph's output is)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output
+    return next(v for v in values if isinstance(v, torch.Tensor))

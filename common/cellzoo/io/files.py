@@ -119,6 +119,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or a lost mount while writing: the user's file, one line
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

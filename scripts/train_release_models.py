@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from cellzoo.benchmarks import samples as shared
 from cellzoo.benchmarks.label_efficiency import SPLIT_SEED, TASKS, bundle_entries
@@ -178,7 +179,8 @@ def card_section(record: dict) -> str:
     """The model card's "Shipped weights" section, from the release record."""
     t, d = record["training"], record["data"]
     scores = ", ".join(f"{k} {v:.3f}" for k, v in record["test_scores"].items())
-    settings = f" with `--set \"{json.dumps(record['settings'])}\"`" if record["settings"] else ""
+    settings = (f" (it applies the settings the weights need, `{yaml.safe_dump(record['settings'], default_flow_style=True).strip()}`)"
+                if record["settings"] else "")
     return "\n".join([
         CARD_START, "## Shipped weights", "",
         f"`{record['checkpoint']}` ({record['size_mb']} MB, {record['dtype']}, sha256 `{record['sha256']}`): the "

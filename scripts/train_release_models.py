@@ -24,7 +24,6 @@ Prints one line per bundle: stop reason, iterations, best validation score, minu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -39,7 +38,9 @@ from cellzoo.benchmarks import samples as shared
 from cellzoo.benchmarks.label_efficiency import SPLIT_SEED, TASKS, bundle_entries
 from cellzoo.benchmarks.layouts import item_name, write_layout
 from cellzoo.bundles import bundle_path, parse_config_value, run_config
-from cellzoo.shipped_weights import RECORD, output_digest, reference_image, sha256
+from cellzoo.engines import read_curve
+from cellzoo.packaging import file_hash
+from cellzoo.shipped_weights import RECORD, output_digest, reference_image
 from cellzoo.studies import load_study
 from cellzoo.studies.engine import split_test
 
@@ -118,7 +119,7 @@ def train_one(release: Release, work: Path, realdata: Path, seed: int, quick: bo
     scores = _evaluate(release, task, entry, settings, data, test, target, folder / "eval", quick)
     root = bundle_path(release.bundle)
     record = {"bundle": release.bundle, "kind": release.kind, "checkpoint": str(target.relative_to(root)), "quick": quick, "settings": inference,
-              "sha256": sha256(target), "size_mb": round(target.stat().st_size / 1e6, 2), "dtype": "float16",
+              "sha256": file_hash(target), "size_mb": round(target.stat().st_size / 1e6, 2), "dtype": "float16",
               "seed": seed, "training": {**_curve_summary(folder / "train"), **rule, "minutes": round(minutes, 1)},
               "data": {"layout": entry.layout, "n_labelled": len(labelled) - len(test), "n_synthetic": N_SYNTHETIC,
                        "test_items": test, "terms": DATA_TERMS},
@@ -152,13 +153,12 @@ def _evaluate(release, task, entry, settings, data, test, checkpoint, out, quick
 
 def _curve_summary(ckpt_dir: Path) -> dict:
     """Iterations trained and the best validation score, from the training curve beside the checkpoint."""
-    with open(ckpt_dir / "training_curve.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    scored = [r for r in rows if r["val_metric"] not in ("", None)]
-    best = max(scored, key=lambda r: float(r["val_metric"])) if scored else None
-    return {"iterations": int(rows[-1]["iteration"]) if rows else 0, "epochs": int(rows[-1]["epoch"]) if rows else 0,
-            "best_val": round(float(best["val_metric"]), 4) if best else None,
-            "best_iteration": int(best["iteration"]) if best else None}
+    rows = read_curve(ckpt_dir / "training_curve.csv")
+    scored = [r for r in rows if r["val_metric"] is not None]
+    best = max(scored, key=lambda r: r["val_metric"]) if scored else None
+    return {"iterations": rows[-1]["iteration"] if rows else 0, "epochs": rows[-1]["epoch"] if rows else 0,
+            "best_val": round(best["val_metric"], 4) if best else None,
+            "best_iteration": best["iteration"] if best else None}
 
 
 def _reference(release: Release, checkpoint: Path, settings: dict, quick: bool) -> dict:

@@ -12,7 +12,8 @@ import torch
 from cellzoo.bundles import ENV_VAR, bundles_dir, parse_config_value
 from cellzoo.engines import load_weights
 from cellzoo.io import read_labels, write_tiff
-from cellzoo.shipped_weights import RECORD, output_digest, reference_image, sha256, shipped_weights
+from cellzoo.packaging import file_hash
+from cellzoo.shipped_weights import RECORD, output_digest, reference_image, shipped_weights
 from test_cli import assert_one_line_error, run_cli
 
 BUNDLES = sorted(p.parents[1].name for p in bundles_dir().glob(f"*/{RECORD}"))
@@ -27,7 +28,7 @@ def test_every_bundle_ships_weights():
 def test_shipped_weights_are_intact_and_give_the_recorded_output(bundle):
     shipped = shipped_weights(bundle)
     assert shipped.checkpoint.stat().st_size <= MAX_MB * 1e6
-    assert sha256(shipped.checkpoint) == shipped.sha256
+    assert file_hash(shipped.checkpoint) == shipped.sha256
     network = parse_config_value(bundle, "inference", "network_def", quick=shipped.quick, **shipped.settings)
     network = load_weights(network, str(shipped.checkpoint)).eval()  # refuses weights that do not fit
     reference = shipped.record["reference"]

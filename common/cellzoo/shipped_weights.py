@@ -10,7 +10,6 @@ the digest of the network's raw output on a fixed synthetic image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from cellzoo.bundles import bundle_path
 from cellzoo.errors import InputError
 
-__all__ = ["RECORD", "Shipped", "output_digest", "reference_image", "sha256", "shipped_weights"]
+__all__ = ["RECORD", "Shipped", "output_digest", "reference_image", "shipped_weights"]
 
 RECORD = Path("models") / "release.json"
 
@@ -48,14 +47,6 @@ def shipped_weights(bundle: str | Path) -> Shipped | None:
     if not checkpoint.is_file():
         raise InputError(f"the shipped checkpoint {record['checkpoint']} named in {RECORD} is missing", checkpoint)
     return Shipped(checkpoint, bool(record["quick"]), dict(record.get("settings") or {}), record["sha256"], record)
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def reference_image(channels: int, size: int = 96) -> torch.Tensor:

@@ -17,7 +17,8 @@ CellSeg layout of a task, the same test items (`split_test`), the same nested tr
 3. the best snapshot segments the test items and `write_instance_report` scores them, as MEDIAR's evaluation
    does (same IoU and border margin).
 
-The curve (samples, epoch, validation F1) is written beside the snapshots as training_curve.csv.
+The curve (iteration, epoch, validation F1) is written beside the snapshots as training_curve.csv, in the
+bundles' columns.
 
     python -m cellzoo.benchmarks.cellpose_peer DATA --sizes 1,4 --seeds 0,1,2 --n-test 5 --out OUT [--smoke]
 """
@@ -25,7 +26,6 @@ The curve (samples, epoch, validation F1) is written beside the snapshots as tra
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cellzoo.engines.convergence import COLUMNS as CURVE_COLUMNS
+from cellzoo.studies.report import write_csv
 
 __all__ = ["PEER", "Rule", "cellpose_path", "peer_command"]
 
@@ -147,7 +150,8 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
                     raise RuntimeError(f"cellpose training ended early (exit {worker.returncode}); see {folder / 'train.log'}")
             score = _f1(path, images, labels, **scoring)
             samples = (epoch + 1) * rule.nimg_per_epoch  # train_seg saves after training epoch `epoch` (from 0)
-            rows.append({"samples": samples, "epoch": epoch, "val_f1": score})
+            # the curve in the bundles' columns (cellzoo.engines.Convergence): one batch per epoch
+            rows.append({"iteration": samples // rule.batch_size, "epoch": epoch + 1, "val_metric": score})
             if score > best:
                 best, best_epoch, bad = score, epoch, 0
             elif samples >= rule.min_samples:
@@ -159,19 +163,12 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
     finally:
         worker.kill()
         worker.wait()
-    _write_curve(folder / "training_curve.csv", rows)
+    write_csv(rows, folder / "training_curve.csv", CURVE_COLUMNS)
     model = folder / "model"
     os.replace(_snapshot(folder, best_epoch), model)
     print(f"cellpose seed {seed}, N={len(entries)}: best val F1 {best:.4f} at epoch {best_epoch}, stopped at epoch "
           f"{rows[-1]['epoch']} after {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr, flush=True)
     return model
-
-
-def _write_curve(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["samples", "epoch", "val_f1"])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def evaluate(model: Path, entries: list[dict], out: Path, scoring: dict) -> dict:
@@ -213,10 +210,7 @@ def run_peer(data: Path, sizes: list[int], seeds: list[int], n_test: int, out: P
             done = json.loads(result.read_text())
             rows += [{"bundle": PEER, "task": TASK, "arm": "scratch", "n": n, "seed": seed, "metric": k, "value": v}
                      for k, v in done["scores"].items()]
-    with open(root / f"{PEER}_{TASK}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["bundle", "task", "arm", "n", "seed", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, root / f"{PEER}_{TASK}.csv")  # the columns of a study's table
     return rows
 
 

@@ -8,7 +8,6 @@ benchmark shows the direction of its claim.
 
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import platform
@@ -16,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from cellzoo.engines.convergence import read_curve
 from cellzoo.studies.report import markdown_table, summarise, write_csv
 
 COLUMNS = ("task", "method", "arm", "n", "seed", "metric", "value")
@@ -82,10 +82,10 @@ def plot_curves(curves: list[tuple[str, Path]], seed: int, n: int, path: Path, t
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), dpi=110, squeeze=False)
     for ax, (method, folder) in zip(axes[0], panels):
         for curve in sorted(folder.glob(f"seed{seed}/*/n{n}/training_curve.csv")):
-            x, y, unit = _read_curve(curve)
-            ax.plot(x, y, marker=".", label=curve.parts[-3])
+            rows = [r for r in read_curve(curve) if r["val_metric"] is not None]
+            ax.plot([r["iteration"] for r in rows], [r["val_metric"] for r in rows], marker=".", label=curve.parts[-3])
         ax.set_title(method.split("_")[0], fontsize=9)
-        ax.set_xlabel(unit)
+        ax.set_xlabel("iterations")
         ax.set_ylabel("validation score")
         ax.legend(fontsize="x-small")
     fig.suptitle(f"{title}: validation during training (seed {seed}, N = {n})", fontsize=10)
@@ -94,16 +94,6 @@ def plot_curves(curves: list[tuple[str, Path]], seed: int, n: int, path: Path, t
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _read_curve(path: Path) -> tuple[list[float], list[float], str]:
-    """A bundle's curve (iteration, val_metric) or the cellpose peer's (samples, val_f1): validated rows only."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    unit, score = ("iteration", "val_metric") if rows and "iteration" in rows[0] else ("samples", "val_f1")
-    rows = [r for r in rows if r.get(score) not in (None, "")]
-    return [float(r[unit]) for r in rows], [float(r[score]) for r in rows], \
-        "iterations" if unit == "iteration" else "samples (cellpose)"
 
 
 def claim_verdicts(rows: list[dict], claims) -> list[dict]:

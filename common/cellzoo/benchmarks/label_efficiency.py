@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -318,9 +319,12 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
     planned = plan_jobs(chosen, out, realdata)
     done, failed = [], []
 
+    printing = threading.Lock()  # two studies report at once: one whole line each
+
     def progress(message: str) -> None:
-        print(f"[{len(done)}/{len(planned)} done, {time.perf_counter() - started:.0f} s] {message}", file=sys.stderr,
-              flush=True)
+        with printing:
+            print(f"[{len(done)}/{len(planned)} done, {time.perf_counter() - started:.0f} s] {message}",
+                  file=sys.stderr, flush=True)
 
     def work(job: Job) -> None:
         try:

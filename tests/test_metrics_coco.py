@@ -289,3 +289,33 @@ def test_instance_report_holds_f1_and_coco_ap(tmp_path):
     report = write_instance_report(tmp_path / "pred", tmp_path / "gt", tmp_path / "m.json")
     assert report["f1"] == pytest.approx(2 / 3) and report["mask_ap"] == pytest.approx(51 / 101)
     assert json.loads((tmp_path / "m.json").read_text())["box_ap"] == pytest.approx(51 / 101)
+
+
+def _one_square_gt() -> dict:
+    square = [[2, 2, 8, 2, 8, 8, 2, 8]]
+    return {"images": [{"id": 1, "height": 20, "width": 20, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "cell"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 6, 6], "area": 36,
+                             "iscrowd": 0, "segmentation": square}]}
+
+
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+def test_polygon_results_score_as_their_masks(iou_type):
+    gt = _one_square_gt()
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": gt["annotations"][0]["segmentation"]}]
+    assert coco_evaluate(gt, results, iou_type=iou_type)["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"score": "high"}, "score must be a finite number"),
+    ({"score": float("nan")}, "score must be a finite number"),
+    ({"score": True}, "score must be a finite number"),
+    ({"bbox": "x"}, "bbox must be"),
+    ({"bbox": [1, 2, -3, 4]}, "bbox must be"),
+    ({"segmentation": []}, "empty segmentation"),
+])
+def test_malformed_results_get_one_line(change, message):
+    result = {"image_id": 1, "category_id": 1, "score": 0.5, "bbox": [2, 2, 6, 6],
+              "segmentation": [[2, 2, 8, 2, 8, 8, 2, 8]], **change}
+    with pytest.raises(InputError, match=message):
+        coco_evaluate(_one_square_gt(), [result], iou_type="segm")

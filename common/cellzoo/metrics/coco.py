@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -71,6 +72,26 @@ def _check_dets(dets: list[dict], gt: COCO, iou_type: str) -> None:
             raise InputError(f"COCO result {i} has neither 'bbox' nor 'segmentation'")
         if d["image_id"] not in gt.imgs:
             raise InputError(f"COCO result {i} refers to image_id {d['image_id']} absent from the ground truth")
+        if not _is_number(d["score"]):
+            raise InputError(f"COCO result {i}: score must be a finite number, got {d['score']!r}")
+        box = d.get("bbox")
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))
+                                    and box[2] >= 0 and box[3] >= 0):
+            raise InputError(f"COCO result {i}: bbox must be [x, y, width, height] in numbers, got {box!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_rle(dets: list[dict], gt: COCO) -> None:
+    """Polygon segmentations as RLE: pycocotools' loadRes takes results in RLE only."""
+    for i, d in enumerate(dets):
+        image = gt.imgs[d["image_id"]]
+        rle = to_rle(d["segmentation"], image["height"], image["width"], ann_id=f"result {i}")
+        if rle is None:
+            raise InputError(f"COCO result {i} has an empty segmentation")
+        d["segmentation"] = rle
 
 
 def _results_coco(gt: COCO, predictions, iou_type: str) -> COCO:
@@ -80,6 +101,7 @@ def _results_coco(gt: COCO, predictions, iou_type: str) -> COCO:
     dets = [dict(d) for d in loaded]
     _check_dets(dets, gt, iou_type)
     if iou_type == "segm":
+        _as_rle(dets, gt)
         # loadRes takes 'area' from the box when a box is present; detectron2 drops it for the same reason.
         for d in dets:
             d.pop("bbox", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from cellzoo.bundles import bundle_path, config_files
 from cellzoo.engines import transfer_weights
-from cellzoo.errors import InputError
+from cellzoo.errors import InputError, user_error_message
 from cellzoo.io import write_ome_tiff
 from cellzoo.io.physical import read_physical_size_um
 from cellzoo.methods.unetr import (
@@ -458,3 +459,15 @@ def test_paper_scale_network_passes_verify_net_in_out(caplog):
                           config_file=str(folder / "inference.yaml"), n=4, any=1, device="cpu", roi_size=128)
     assert "data shape of network is verified with no error" in caplog.text
     assert json.loads((folder / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+
+
+def test_an_rgb_file_is_refused_naming_it(tmp_path):
+    from cellzoo.methods.unetr import unetr_predict_transforms
+
+    grey, rgb = tmp_path / "grey.tif", tmp_path / "rgb.tif"
+    tifffile.imwrite(grey, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    tifffile.imwrite(rgb, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    assert unetr_predict_transforms()({"image": str(grey)})["image"].shape == (1, 64, 64)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's Compose wraps what a transform raises
+        unetr_predict_transforms()({"image": str(rgb)})
+    assert re.search("rgb.tif: expected 1 channel", user_error_message(raised.value))

@@ -46,17 +46,24 @@ class LoadImagesd(MapTransform):
     fallback readers would take a file cellzoo's reader refused (a multi-page TIFF of unknown axes read
     as 2D) and whose errors do not always name the file. Planes in separate files (focal planes,
     modalities) must share one size. `labels=True` reads integer label images (see `read_channels`).
+    `plane_channels`, when given, is the number of channels every file must have (1: a grey plane), so
+    that an RGB file given to a one-channel network is refused naming the file, not deep in a convolution.
     """
 
-    def __init__(self, keys, dtype=np.float32, labels: bool = False, allow_missing_keys: bool = False):
+    def __init__(self, keys, dtype=np.float32, labels: bool = False, plane_channels: int | None = None,
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.dtype, self.labels = dtype, labels
+        self.dtype, self.labels, self.plane_channels = dtype, labels, plane_channels
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             paths = [d[key]] if isinstance(d[key], (str, Path)) else list(d[key])
             planes = [read_channels(path, self.labels) for path in paths]
+            for path, plane in zip(paths, planes):
+                if self.plane_channels is not None and plane.shape[0] != self.plane_channels:
+                    raise InputError(f"expected {self.plane_channels} channel(s) per image file, got "
+                                     f"{plane.shape[0]} (shape {plane.shape}): give one grey plane per file", path)
             shapes = {plane.shape[1:] for plane in planes}
             if len(shapes) != 1:
                 raise InputError(f"the planes of one item differ in size: {sorted(shapes)}", paths[0])

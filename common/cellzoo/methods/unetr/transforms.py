@@ -35,7 +35,7 @@ def _keys(with_target: bool) -> list[str]:
 def _load(with_target: bool, clahe: bool, keep_stats: bool = False, normalise_target: bool = True) -> list:
     """Read the plane (and target), CLAHE on the input if asked, z-score."""
     keys = _keys(with_target)
-    chain = [LoadImagesd(keys)]
+    chain = [LoadImagesd(keys, plane_channels=1)]  # one label-free plane (or organelle) per file
     if clahe:
         chain.append(Clahed("image"))
     chain.append(ZScored("image", keep_stats=keep_stats))

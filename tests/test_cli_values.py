@@ -119,3 +119,22 @@ def test_an_onnx_graph_of_another_network_is_refused(in_channels, out_channels, 
                        "--checkpoint", str(graph), "--backend", "onnxruntime", "--quick")  # reaches the bundle run
     one_line_error(code, err, "other.onnx", message)
     assert not (tmp_path / "o" / "labels").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path, images, capsys, monkeypatch):
+    """No space left while writing (raised, as the kernel does, without a file name): the user's file is
+    named, nothing half-written stays behind."""
+    import errno
+    import os
+
+    labels = tmp_path / "labels.tif"
+    write_tiff(labels, np.pad(np.ones((8, 8), np.uint16), 28), "YX")
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("cellzoo.io.files.os.replace", disk_full)
+    code, _, err = run_cli(["measure", "--image", str(images / "a.tif"), "--labels", str(labels),
+                            "--out", str(tmp_path / "cells.csv")], capsys)
+    assert_one_line_error(code, err, "cells.csv", "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "labels.tif"]

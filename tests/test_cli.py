@@ -277,3 +277,11 @@ def test_export_bioimageio_refuses_a_missing_checkpoint_and_an_existing_package(
     code, _, err = run_cli(["export-bioimageio", "isl_segmentation", "--checkpoint", str(tmp_path / "model.pt"),
                             "--out", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "already exists", "--overwrite")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_commands(flag, capsys):
+    code, out, _ = run_cli([flag], capsys)
+    assert code == 0
+    for command in ("predict", "study", "benchmark", "evaluate", "package", "synth"):
+        assert f"     {command}\n" in out, command

@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         argv.remove("--debug")
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv in (["--help"], ["-h"]):
+        argv = []  # Fire's `--help` on the top class shows its constructor; a bare call lists the commands
     try:
         fire.Fire(CellzooCLI, command=argv, name="cellzoo")
     except KeyboardInterrupt:

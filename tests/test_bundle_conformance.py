@@ -268,3 +268,18 @@ def test_shared_train_blocks_are_identical_in_every_bundle():
     for bundle, block in blocks.items():
         for key in SHARED_TRAIN_BLOCKS:
             assert block[key] == first[key], f"{bundle}: {key} differs from {BUNDLES[0]}"
+
+
+def test_bundle_versions_named_in_the_docs_are_the_metadata_versions():
+    """A zip name or `--version` copied from a page must exist: `<bundle>_v<version>` and `--name <bundle>
+    --version <version>` in README.md, docs/ and the model cards are the versions metadata.json declares."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    versions = {path.parent.parent.name: json.loads(path.read_text())["version"]
+                for path in (root / "bundles").glob("*/configs/metadata.json")}
+    pages = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "bundles").glob("*/docs/*.md")]
+    named = re.compile(r"\b(" + "|".join(versions) + r")(?:_v| --version )(\d+\.\d+\.\d+)")
+    found = [(page.name, bundle, version) for page in pages for bundle, version in named.findall(page.read_text())]
+    assert found, "the docs name no bundle version: the pattern is stale"
+    assert [f for f in found if f[2] != versions[f[1]]] == []

@@ -121,6 +121,17 @@ def test_heatmap_blob_sits_on_the_box_centre():
     assert two.max() <= 1.0  # overlapping cells are combined by their maximum
 
 
+def test_decoded_boxes_end_at_the_image_edge():
+    """A peak near the corner whose predicted size reaches past the image gives a box cut to the image."""
+    maps = np.zeros((3, 32, 48), np.float32)
+    maps[0, 1:3, 1:3] = 1.0  # a blob centred at (x, y) = (2, 2) in pixel-centre coordinates
+    maps[1:, 1:3, 1:3] = 20 / 96  # 20 x 20 px: from -8 to 12 on both axes
+    maps[0, 29:31, 45:47] = 1.0
+    maps[1:, 29:31, 45:47] = 20 / 96
+    boxes, _ = pmc.decode_boxes(maps, threshold=0.5, size_scale=96)
+    assert np.allclose(boxes, [[0, 0, 12, 12], [36, 20, 12, 12]])
+
+
 def test_decoding_recovers_the_encoded_boxes():
     labels = np.zeros((96, 96), np.int32)
     labels[10:30, 5:17], labels[40:70, 50:91], labels[75:90, 20:35] = 1, 2, 3

@@ -275,7 +275,7 @@ def test_training_without_labels_or_with_a_label_of_another_size_stops_with_one_
     for label in (data / "labels").iterdir():
         label.rename(tmp_path / label.name)
     result = run_train("--bundle_root", str(tmp_path / "b1"), "--dataset_dir", str(data))
-    assert result.returncode != 0
+    assert result.returncode == 2  # EXIT_BAD_INPUT, as the cellzoo command
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no labelled items to train on: none of the 3 item(s) found has 'label'" in errors[0]
     assert str(data) in errors[0] and "Traceback" not in result.stderr and "Epoch" not in result.stdout
@@ -284,6 +284,6 @@ def test_training_without_labels_or_with_a_label_of_another_size_stops_with_one_
     tifffile.imwrite(data / "labels" / "cell_00002_label.tiff", np.ones((48, 64), np.uint16))
     result = run_train("--bundle_root", str(tmp_path / "b2"), "--dataset_dir", str(data))
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert "cell_00002.tif" in errors[0] and "differ in size" in errors[0] and "48x64" in errors[0]
     assert "Epoch" not in result.stdout

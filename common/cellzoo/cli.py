@@ -16,9 +16,8 @@ from pathlib import Path
 
 import fire
 
-from cellzoo.errors import InputError, user_error_message
+from cellzoo.errors import EXIT_BAD_INPUT, InputError, user_error_message
 
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 # the folders `cellzoo predict` writes into its output folder
 PREDICTION_FOLDERS = ("labels", "measurements", "overlays")

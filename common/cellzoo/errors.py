@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+EXIT_BAD_INPUT = 2  # the exit code of bad input, in the `cellzoo` command and under `python -m monai.bundle run`
 DEBUG_VARIABLE = "CELLZOO_DEBUG"  # set to 1 for full tracebacks instead of the one-line report
 
 
@@ -53,7 +54,7 @@ def brief_input_errors() -> None:
         sys.stderr.flush()
         # exit at once: data-loading threads a failed run leaves behind would otherwise abort the
         # interpreter's shutdown ("terminate called without an active exception", exit code 134)
-        os._exit(1)
+        os._exit(EXIT_BAD_INPUT)
 
     hook.cellzoo_brief = True
     sys.excepthook = hook

@@ -81,7 +81,19 @@ def test_split_items_by_fold_or_by_name(caplog):
     with caplog.at_level("WARNING"):
         split = split_items(one, val_fold=0)  # the single item is in fold 0: nothing left to train on
     assert split["train"] == split["val"] == one
-    assert "validating on the same item(s)" in caplog.text
+    assert "training on the 1 validation item(s)" in caplog.text
+    caplog.clear()
+    in_fold_0 = next(e["name"] for e in entries if e["fold"] == 0)  # named for training, in the validation fold
+    named_only = split_items(entries, train_items=[in_fold_0])
+    assert [e["name"] for e in named_only["train"]] == [in_fold_0]
+    assert [e["fold"] for e in named_only["val"]] == [0] and in_fold_0 not in {e["name"] for e in named_only["val"]}
+    assert not caplog.text
+    unfolded = [{"name": n} for n in "abcde"]  # a layout without folds, e.g. PMC's: the others validate
+    split = split_items(unfolded, train_items=["a"])
+    assert [e["name"] for e in split["val"]] == ["b", "c", "d", "e"] and not caplog.text
+    with caplog.at_level("WARNING"):
+        split = split_items(unfolded[:1], train_items=["a"])
+    assert split["val"] == split["train"] and "validating on the 1 training item(s)" in caplog.text
 
 
 def test_select_items_keeps_the_given_order():

@@ -140,8 +140,9 @@ def split_items(entries: list[dict], train_items: Sequence[str] | None = None, v
     """{"train": [...], "val": [...]}: the named items, or else every entry outside / inside fold `val_fold`.
 
     `exclude_items` are left out first (a study's test items, when a pretraining takes everything else).
-    With very few entries one side can come out empty; then every entry trains and validation reuses
-    them (better than no validation at all), which is logged as a warning.
+    Named training items never validate: without named validation items, the fold's other items do, or
+    else every labelled item not trained on. With too few entries one side can come out empty; then the
+    other side is used for both (better than no validation at all), and a warning says which.
     """
     excluded = set(exclude_items or ())
     entries = [entry for entry in entries if entry["name"] not in excluded]
@@ -150,9 +151,15 @@ def split_items(entries: list[dict], train_items: Sequence[str] | None = None, v
     train = select_items(entries, train_items, source) if train_items is not None else \
         [entry for entry in entries if entry.get("fold") != val_fold]
     val = select_items(entries, val_items, source) if val_items is not None else \
-        [entry for entry in entries if entry.get("fold") == val_fold]
-    if not train or not val:
-        logger.warning("only %d labelled item(s): training on all of them and validating on the same item(s), "
-                       "so the validation score measures fit, not generalisation", len(entries))
-        train, val = train or list(entries), val or list(entries)
+        [entry for entry in entries if entry.get("fold") == val_fold and entry not in train]
+    if not val and train_items is not None and val_items is None:
+        val = [entry for entry in entries if entry not in train]
+    if not train:
+        logger.warning("no labelled item left to train on: training on the %d validation item(s), so the "
+                       "validation score measures fit, not generalisation", len(val))
+        train = list(val)
+    elif not val:
+        logger.warning("no labelled item left to validate on: validating on the %d training item(s), so the "
+                       "validation score measures fit, not generalisation", len(train))
+        val = list(train)
     return {"train": train, "val": val}

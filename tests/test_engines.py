@@ -111,3 +111,37 @@ def test_transfer_weights_refuses_a_file_of_which_nothing_fits(tmp_path):
     with pytest.raises(InputError, match="no tensor of this checkpoint fits the network"):
         transfer_weights(torch.nn.Conv2d(1, 1, 3), tmp_path / "wrong.pt")
     assert transfer_weights(torch.nn.Conv2d(1, 1, 3), None) is None
+
+
+def test_head_layers_meant_to_start_anew_do_not_warn(tmp_path, caplog):
+    """A class or output head of another size, declared as new_layers, is reported as intended; a shape
+    difference elsewhere still warns."""
+    source = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 3, 1))
+    torch.save({"model": source.state_dict()}, tmp_path / "pretext.pt")
+    target = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    with caplog.at_level("INFO", logger="cellzoo.engines.weights"):
+        transfer_weights(target, tmp_path / "pretext.pt", new_layers=["1.*"])
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "the 2 tensors of the task's own head layers start anew, as intended (1.bias, 1.weight)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cellzoo.engines.weights"):
+        transfer_weights(target, tmp_path / "pretext.pt", new_layers=["0.*"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "another size" in warnings[0] and "as intended" not in caplog.text
+
+
+@pytest.mark.parametrize("bundle, expected", [
+    ("pmc_detection", ["heads.0.out.weight", "heads.1.out.bias"]),
+    ("cupre_instance_seg", ["roi_heads.stages.2.predictor.cls_score.weight",
+                            "roi_heads.mask_predictor.mask_fcn_logits.bias"])])
+def test_the_bundles_declare_their_task_heads_as_new_layers(bundle, expected):
+    from fnmatch import fnmatch
+
+    import yaml
+
+    from cellzoo.bundles import bundle_path
+
+    patterns = yaml.safe_load((bundle_path(bundle) / "configs" / "train.yaml").read_text())["new_layers"]
+    assert all(any(fnmatch(name, p) for p in patterns) for name in expected)
+    assert not any(fnmatch("roi_heads.stages.2.predictor.bbox_pred.weight", p) or fnmatch("heads.0.blocks.0.weight", p)
+                   for p in patterns)

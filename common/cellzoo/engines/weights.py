@@ -8,7 +8,8 @@ rest. Both match tensors by name and shape with MONAI's `copy_model_state`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from fnmatch import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,14 @@ def load_weights(network: nn.Module, path: str | Path | None, key: str = "model"
 
 
 def transfer_weights(network: nn.Module, path: str | Path | None, rename: Callable[[dict], dict] | None = None,
-                     key: str = "model") -> WeightMatch | None:
+                     key: str = "model", new_layers: Sequence[str] = ()) -> WeightMatch | None:
     """Copy every tensor of a checkpoint that fits `network` by name and shape; log and return the match.
 
     This is how `init_ckpt` initialises every bundle's training (None: keep the network's own initial
     weights). `rename` maps the file's names first (e.g. a torchvision encoder file onto an smp encoder).
-    A file of which no tensor fits is an error: it is surely the wrong file.
+    A file of which no tensor fits is an error: it is surely the wrong file. `new_layers` are name
+    patterns (fnmatch) of the task-specific layers that are meant to start anew (a class or output head
+    of another size): their shape differences are reported as intended, any other one as a warning.
     """
     if path is None:
         return None
@@ -104,9 +107,14 @@ def transfer_weights(network: nn.Module, path: str | Path | None, rename: Callab
         raise InputError(f"no tensor of this checkpoint fits the network (it expects names like {example!r}): "
                          f"{match.summary()}", path)
     network.load_state_dict(updated)
-    if match.mismatched:  # the same names with other shapes: most likely a network of another size
+    intended = [name for name in match.mismatched if any(fnmatch(name, pattern) for pattern in new_layers)]
+    unforeseen = [name for name in match.mismatched if name not in intended]
+    if unforeseen:  # the same names with other shapes: most likely a network of another size
         logger.warning("init_ckpt %s: %s; is it from a network of another size (quick.yaml or not)?", path,
                        match.summary())
     else:
         logger.info("init_ckpt %s: %s", path, match.summary())
+    if intended:
+        logger.info("init_ckpt %s: the %d tensors of the task's own head layers start anew, as intended (%s)", path,
+                    len(intended), ", ".join(intended[:3]) + (", ..." if len(intended) > 3 else ""))
     return match

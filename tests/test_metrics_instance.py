@@ -356,10 +356,26 @@ def test_evaluate_instances_on_perturbed_real_labels(real_pairs, margin):
     res = evaluate_instances(real_pairs, iou=0.5, border_margin=margin, ap_thresholds=[0.5, 0.75])
     counts = np.array([e[0.5] for e in expected])
     assert (res["tp"], res["fp"], res["fn"]) == tuple(int(v) for v in counts.sum(axis=0))
-    f1 = [2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0 for tp, fp, fn in counts]
-    assert res["f1"] == pytest.approx(np.mean(f1))
+    scored = [i for i, (tp, _, fn) in enumerate(counts) if tp + fn]  # images with a cell to find
+    assert res["unscored_images"] == [i for i in range(len(counts)) if i not in scored]
+    f1 = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in counts[scored]]
+    assert res["f1"] == pytest.approx(np.mean(f1)) and res["n_images"] == len(scored)
     for t in (0.5, 0.75):
-        ap = [tp / (tp + fp + fn) if tp + fp + fn else 1.0 for tp, fp, fn in (e[t] for e in expected)]
+        ap = [tp / (tp + fp + fn) for tp, fp, fn in (expected[i][t] for i in scored)]
         assert res["ap"][f"{t:.2f}"] == pytest.approx(np.mean(ap))
     # the perturbations must actually hurt, otherwise this test checks nothing
     assert 0.2 < res["f1"] < 0.99
+
+
+def test_an_image_with_no_cell_left_to_score_is_reported_not_averaged_in(caplog):
+    """All of one image's cells lie on the border: under the empty-image rule it would score F1 1 (or 0)
+    whatever the model did; it is listed and left out of the means, its false positives still pooled."""
+    inner = np.zeros((32, 32), np.int32)
+    inner[10:20, 10:20] = 1
+    on_border = np.zeros((32, 32), np.int32)
+    on_border[0:6, 0:6] = 1
+    with caplog.at_level("WARNING"):
+        res = evaluate_instances([(inner, np.zeros_like(inner)), (on_border, on_border)], border_margin=2)
+    assert res["unscored_images"] == [1] and res["n_images"] == 1
+    assert res["f1"] == 0.0 and res["ap"]["0.50"] == 0.0  # was (0 + 1) / 2 = 0.5: no cell found is F1 0
+    assert "1 of 2 image(s) have no ground-truth cell to score" in caplog.text

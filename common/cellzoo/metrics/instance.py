@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -12,6 +13,8 @@ from skimage.segmentation import relabel_sequential
 
 from cellzoo.errors import InputError
 from cellzoo.io.validate import check_label_image
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_AP_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -217,15 +220,24 @@ def evaluate_instances(
         # otherwise every image would score F1 = 1.0 (nothing to find, nothing found)
         raise InputError(f"every ground-truth cell lies within {border_margin} px of the image border: nothing is "
                          "left to score; lower the border margin")
-    per_image = [result["thresholds"] for result in results]
+    totals = {k: int(sum(result["thresholds"][key][k] for result in results)) for k in ("tp", "fp", "fn")}
+    # an image with no ground-truth cell left to score (all on the border) would count as F1 1 or 0 by the
+    # empty-image rule whatever the model did: it is reported and kept out of the means (its false
+    # positives still count in the pooled F1); only when no image has a cell does the rule decide
+    unscored = [i for i, result in enumerate(results) if result["n_gt"] == 0] if n_gt else []
+    if unscored:
+        logger.warning("%d of %d image(s) have no ground-truth cell to score (after the %d px border exclusion): "
+                       "left out of the mean F1 and AP (images %s, in pair order)", len(unscored), len(results),
+                       border_margin, ", ".join(map(str, unscored)))
+    per_image = [result["thresholds"] for i, result in enumerate(results) if i not in unscored]
     at_iou = [img[key] for img in per_image]
-    totals = {k: int(sum(s[k] for s in at_iou)) for k in ("tp", "fp", "fn")}
     out = {k: float(np.mean([s[k] for s in at_iou])) for k in ("f1", "precision", "recall")}
     out["ap"] = {
         threshold_key(t): float(np.mean([img[threshold_key(t)]["ap"] for img in per_image]))
         for t in ap_thresholds
     }
-    out["n_images"] = len(per_image)
+    out["n_images"] = len(per_image)  # images scored
+    out["unscored_images"] = unscored
     out["n_gt"] = int(n_gt)  # ground-truth cells scored (after the border exclusion)
     out.update(totals)
     out["f1_pooled"] = scores_from_counts(**totals)["f1"]

@@ -232,12 +232,14 @@ def test_memory_replay_with_amplified_targets() -> None:
     assert sum(i < 12 for b in batches for i in b) == 16
 
 
-def test_discover_modalities_separates_blobs() -> None:
+def test_discover_modalities_separates_blobs(caplog) -> None:
     rng = np.random.default_rng(0)
     truth = np.repeat([0, 1, 2], 30)
     centres = np.array([[0.0, 0.0, 0.0, 0.0], [8.0, 0.0, 0.0, 0.0], [0.0, 8.0, 8.0, 0.0]])
     data = centres[truth] + rng.normal(0, 0.5, (90, 4))
-    found = discover_modalities(data, k=3, seed=0)
+    with caplog.at_level("INFO", logger="cellzoo.methods.mediar.modality"):
+        found = discover_modalities(data, k=3, seed=0)
+    assert "90 images in 3 modalities (k = 3 asked; images per modality: min 30, median 30, max 30; 0 empty)" in caplog.text
     # perfect separation: a bijection between true blobs and found clusters
     pairs = set(zip(truth.tolist(), found.tolist()))
     assert len(pairs) == 3 and len({f for _, f in pairs}) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -10,6 +11,8 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 
 __all__ = ["discover_modalities", "encoder_embeddings"]
+
+logger = logging.getLogger(__name__)
 
 
 def discover_modalities(
@@ -23,14 +26,19 @@ def discover_modalities(
     data = np.asarray(embeddings, dtype=np.float64)
     if data.ndim != 2 or len(data) == 0:
         raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {data.shape}")
-    k = max(1, min(int(k), len(data)))
+    asked, k = int(k), max(1, min(int(k), len(data)))
     best, best_inertia = None, np.inf
     for run in range(n_init):
         centroids, labels = kmeans2(data, k, iter=n_iter, minit="++", seed=np.random.default_rng([seed, run]))
         inertia = float(((data - centroids[labels]) ** 2).sum())
         if inertia < best_inertia:
             best, best_inertia = labels, inertia
-    return np.asarray(best, dtype=np.int64)
+    best = np.asarray(best, dtype=np.int64)
+    sizes = np.bincount(best, minlength=k)
+    logger.info("modality discovery: %d images in %d modalities (k = %d asked; images per modality: min %d, "
+                "median %d, max %d; %d empty)", len(data), int((sizes > 0).sum()), asked, sizes.min(),
+                int(np.median(sizes)), sizes.max(), int((sizes == 0).sum()))
+    return best
 
 
 def _deepest(features: torch.Tensor | list | tuple) -> torch.Tensor:

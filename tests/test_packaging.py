@@ -582,3 +582,16 @@ def test_cli_install_bad_zip_is_one_line_exit_2(tmp_path, capsys, extra, needle)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "b").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_download_progress_ends_with_the_whole_size(tmp_path, caplog):
+    """A file over the progress step logs its progress and, last, that it is complete."""
+    from cellzoo.packaging import download
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"\0" * (17 * 2**20 + 5))
+    with caplog.at_level("INFO", logger="cellzoo.packaging"):
+        download(source.as_uri(), tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").stat().st_size == source.stat().st_size
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["copy.bin: 16 of 17 MB", "copy.bin: 17 MB downloaded"]

@@ -369,8 +369,10 @@ def download(url: str, target: Path) -> None:
                 out.write(chunk)
                 done += len(chunk)
                 if total > PROGRESS_EVERY and done >= next_log:
-                    logger.info("%s: %d of %d MB", target.name, done // CHUNK, total // CHUNK)
+                    logger.info("%s: %d of %d MB", target.name, done // MB, round(total / MB))
                     next_log += PROGRESS_EVERY
+            if total > PROGRESS_EVERY:  # the last line says it is complete, not "16 of 19 MB"
+                logger.info("%s: %d MB downloaded", target.name, round(done / MB))
     except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
         raise InputError(f"download failed ({err})", url) from err
 

@@ -84,8 +84,12 @@ def test_checkpoints_load_state_dicts_and_refuse_pickled_objects(tmp_path):
 
 def test_load_weights_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(InputError, match="does not fit the network: 0 tensors loaded; 2 of another shape"):
+    with pytest.raises(InputError, match="does not fit the network: 0 tensors loaded; 2 of another shape.*"
+                                         "put quick.yaml at the end of --config_file"):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "other.pt")
+    with pytest.raises(InputError) as refused:  # cellzoo predict gives its own remedy
+        load_weights(torch.nn.Linear(3, 2), tmp_path / "other.pt", config_hint=False)
+    assert "quick.yaml" not in str(refused.value)
     torch.save({"weight": torch.zeros(2, 3)}, tmp_path / "partial.pt")
     with pytest.raises(InputError, match="1 missing \\(bias\\)"):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "partial.pt")

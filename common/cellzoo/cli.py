@@ -174,7 +174,7 @@ def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool, set
     network = parse_config_value(bundle, "inference", "network_def", quick=quick, **settings)
     for path in checkpoints:
         try:
-            load_weights(network, path)
+            load_weights(network, path, config_hint=False)
         except InputError as err:
             if "does not fit the network" in err.problem and _fits(bundle, path, not quick, settings):
                 hint = "add --quick (it fits the quick network)" if not quick else "drop --quick (it fits the " \

@@ -74,13 +74,19 @@ def _match(network: nn.Module, state: dict) -> tuple[dict, WeightMatch]:
     return updated, match
 
 
-def load_weights(network: nn.Module, path: str | Path | None, key: str = "model") -> nn.Module:
-    """Load a checkpoint whose every tensor fits `network` (no-op when `path` is None); returns the network."""
+def load_weights(network: nn.Module, path: str | Path | None, key: str = "model", config_hint: bool = True) -> nn.Module:
+    """Load a checkpoint whose every tensor fits `network` (no-op when `path` is None); returns the network.
+
+    `config_hint`: a checkpoint of another size is refused with the bundle runner's remedy (quick.yaml);
+    `cellzoo predict`, which has its own (--quick), turns it off."""
     if path is None:
         return network
     updated, match = _match(network, read_state_dict(path, key))
     if match.missing or match.unexpected or match.mismatched:
-        raise InputError(f"checkpoint does not fit the network: {match.summary()}", path)
+        # the usual cause under `python -m monai.bundle run`: quick and paper-scale configs mixed up
+        hint = ("; if it was trained with quick.yaml, put quick.yaml at the end of --config_file (and leave it out "
+                "for a paper-scale one)") if config_hint and (match.mismatched or match.unexpected) else ""
+        raise InputError(f"checkpoint does not fit the network: {match.summary()}{hint}", path)
     network.load_state_dict(updated)
     logger.info("loaded weights from %s", path)
     return network

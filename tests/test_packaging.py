@@ -23,6 +23,7 @@ import tifffile
 import torch
 import yaml
 
+from cellzoo.bundles import bundle_path
 from cellzoo.cli import EXIT_BAD_INPUT, main
 from cellzoo.errors import InputError
 from cellzoo.packaging import MB, ZIP_EPOCH, check_archive_members, install_bundle, package_bundle
@@ -586,7 +587,7 @@ def test_cli_install_bad_zip_is_one_line_exit_2(tmp_path, capsys, extra, needle)
 
 def test_download_progress_ends_with_the_whole_size(tmp_path, caplog):
     """A file over the progress step logs its progress and, last, that it is complete."""
-    from cellzoo.packaging import download
+    from cellzoo.packaging import download  # not in the module's imports above: only this test uses it
 
     source = tmp_path / "big.bin"
     source.write_bytes(b"\0" * (17 * 2**20 + 5))
@@ -595,3 +596,21 @@ def test_download_progress_ends_with_the_whole_size(tmp_path, caplog):
     assert (tmp_path / "copy.bin").stat().st_size == source.stat().st_size
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["copy.bin: 16 of 17 MB", "copy.bin: 17 MB downloaded"]
+
+
+def test_package_ships_the_given_checkpoint_where_inference_reads_it(tmp_path):
+    """--checkpoint: the trained file goes to the bundle's inference path in the zip (PMC: models/detection/),
+    the shipped-weights record it replaces stays out, and the bundle folder is left as it was."""
+    checkpoint = tmp_path / "trained.pt"
+    torch.save({"model": {"weight": torch.arange(6.0)}}, checkpoint)
+    root = bundle_path("pmc_detection")
+    before = (root / "models" / "detection" / "model.pt").read_bytes()
+    zip_path = package_bundle("pmc_detection", tmp_path / "dist", checkpoint=checkpoint)
+    with zipfile.ZipFile(zip_path) as archive:
+        assert archive.read("pmc_detection/models/detection/model.pt") == checkpoint.read_bytes()
+        assert "pmc_detection/models/release.json" not in archive.namelist()
+        assert "pmc_detection/configs/inference.yaml" in archive.namelist()
+    assert (root / "models" / "detection" / "model.pt").read_bytes() == before
+    assert (root / "models" / "release.json").is_file()
+    with pytest.raises(InputError, match="checkpoint not found"):
+        package_bundle("pmc_detection", tmp_path / "dist2", checkpoint=tmp_path / "none.pt")

@@ -505,8 +505,12 @@ class CellzooCLI:
             if failed:
                 sys.exit(1)
 
-    def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None):
+    def package(self, bundle: str, out: str, large_file_mb: float = 25, base_url: str | None = None,
+                checkpoint: str | None = None):
         """Zip a bundle as <out>/<name>_v<version>.zip for `python -m monai.bundle download`.
+
+        --checkpoint PATH ships that trained model.pt at the path the bundle's inference reads (e.g.
+        models/detection/model.pt for PMC) in place of the shipped weights; the bundle folder is unchanged.
 
         Files over --large-file-mb MB stay out of the zip: they are copied to <name>_v<version>_files/ and
         listed in the zip's large_files.yml under --base-url, the http(s) address where you will publish
@@ -517,7 +521,8 @@ class CellzooCLI:
         if float(large_file_mb) <= 0:
             raise InputError(f"--large-file-mb must be positive, got {large_file_mb}")
         zip_path = package_bundle(str(bundle), str(out), large_file_mb=float(large_file_mb),
-                                  base_url=None if base_url is None else str(base_url))
+                                  base_url=None if base_url is None else str(base_url),
+                                  checkpoint=None if checkpoint is None else _path(checkpoint, "--checkpoint"))
         print(zip_path)
         for entry in listed_large_files(zip_path):
             print(f"large file {entry['path']} -> {entry['url']}")

@@ -57,14 +57,19 @@ ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, NotI
 # ---------------------------------------------------------------- packaging
 
 def package_bundle(bundle: str | Path, out_dir: str | Path, large_file_mb: float = 25,
-                   base_url: str | None = None) -> Path:
+                   base_url: str | None = None, checkpoint: str | Path | None = None) -> Path:
     """Write `<out_dir>/<name>_v<version>.zip`; files over `large_file_mb` go to `<name>_v<version>_files/`.
 
     Large files are listed in the zip's `<name>/large_files.yml` with URL `<base_url>/<file name>` and their
     sha256, so a bundle with large files needs `base_url`: the http(s) address where they will be published
-    (installs download large files over http(s) only). Returns the zip path.
+    (installs download large files over http(s) only). `checkpoint`: a trained model.pt shipped at the
+    path the bundle's inference.yaml reads, in place of the bundle's own weights (see
+    `_with_checkpoint`); the bundle folder itself is not changed. Returns the zip path.
     """
     root = bundle_path(bundle).resolve()
+    if checkpoint is not None:
+        with _with_checkpoint(root, Path(checkpoint)) as staged:
+            return package_bundle(staged, out_dir, large_file_mb, base_url)
     name, version = root.name, bundle_version(root)
     out_dir = Path(out_dir).resolve()
     stem = f"{name}_v{version}"
@@ -87,6 +92,30 @@ def package_bundle(bundle: str | Path, out_dir: str | Path, large_file_mb: float
     for rel in large:
         logger.info("large file %s published beside it (not in the zip)", rel)
     return zip_path
+
+
+@contextlib.contextmanager
+def _with_checkpoint(root: Path, checkpoint: Path):
+    """A temporary copy of the bundle with `checkpoint` at the path inference.yaml reads (its defaults:
+    ISL's task, UNETR's organelle). The shipped-weights record goes: it describes the weights replaced."""
+    from cellzoo.bundles import parse_config_value
+    from cellzoo.engines import read_state_dict
+
+    if not checkpoint.is_file():
+        raise InputError("checkpoint not found", checkpoint)
+    read_state_dict(checkpoint)  # a file torch cannot read (or that holds pickled code) is refused here
+    target = Path(parse_config_value(root, "inference", "checkpoints")[0]).resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / root.name
+        for rel in bundle_files(root):
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, staged / rel)
+        (staged / "models" / "release.json").unlink(missing_ok=True)
+        placed = staged / target.relative_to(root)
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, placed)
+        logger.info("packaging %s as %s", checkpoint, target.relative_to(root))
+        yield staged
 
 
 def _check_base_url(base_url: str | None, large: list[PurePosixPath], large_file_mb: float, root: Path) -> None:

@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/cellzoo demo --out $(DEMO_OUT)
 
 # every bundle's label-efficiency study on the real tasks, each training run to its plateau, 3 seeds, with
-# cellpose from scratch as the peer (installed beside .venv); writes docs/label_efficiency.md (~150 min, 2 cores)
+# cellpose from scratch as the peer (installed beside .venv); writes docs/label_efficiency.md (hours on 2 cores; resumable)
 benchmark: $(STAMP)
 	bash scripts/install_cellpose_reference.sh
 	$(BIN)/cellzoo benchmark label-efficiency --seeds 0,1,2 --out benchmark_output --docs docs/label_efficiency.md

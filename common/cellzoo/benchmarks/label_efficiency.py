@@ -43,7 +43,7 @@ __all__ = ["CLAIMS", "KINDS", "TASKS", "Claim", "Job", "Task", "plan_jobs", "run
 
 KINDS = {"nuclei": ("box_ap", "f1", "mask_ap"), "labelfree": ("psnr", "pcc", "ssim")}  # common metrics, key first
 SPLIT_SEED = 0
-# without --tasks: the converged benchmark runs the real tasks (about 150 minutes on 2 CPU cores), the smoke
+# without --tasks: the converged benchmark runs the real tasks (hours on 2 CPU cores: README.md), the smoke
 # run all four
 DEFAULT_TASKS = ("nuclei_real", "labelfree_real")
 

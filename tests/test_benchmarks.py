@@ -185,3 +185,12 @@ def test_benchmark_refuses_unknown_tasks(tmp_path):
 
     with pytest.raises(InputError, match="unknown benchmark task"):
         bench.run_benchmark(tmp_path, [0], tasks=["nuclei_everywhere"])
+
+
+def test_the_costliest_declared_studies_start_first():
+    """The order comes from study.yaml's relative_cost (PMC, then CUPre, then MEDIAR), doubled on real tasks."""
+    entries = {entry.bundle: entry for entry in bench.bundle_entries() if entry.kind == "nuclei"}
+    assert [entries[b].relative_cost for b in ("pmc_detection", "cupre_instance_seg", "mediar_cellseg",
+                                               "isl_segmentation")] == [4, 3, 2, 1]
+    job = bench.Job(bench.TASKS["nuclei_real"], entries["pmc_detection"], Path("d"), Path("o"), None, ())
+    assert bench._expected_cost(job) == 8

@@ -122,6 +122,7 @@ class Entry:
     pretrain_data: str | None = None
     settings: dict = field(default_factory=dict)
     pretrain_settings: dict = field(default_factory=dict)
+    relative_cost: int = 1  # study.yaml `relative_cost`: the costliest studies start first
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def bundle_entries() -> list[Entry]:
             task = spec.task(body["study_task"])
             entry = Entry(bundle, kind, task.name, str(body["layout"]), tuple(body["arms"]), dict(body["metrics"]),
                           body.get("pretrain_data"), dict(body.get("settings") or {}),
-                          dict(body.get("pretrain_settings") or {}))
+                          dict(body.get("pretrain_settings") or {}), int(body.get("relative_cost", 1)))
             unknown = sorted(set(entry.arms) - set(task.arms))
             metrics_ok = KINDS[kind][0] in entry.metrics and set(entry.metrics) <= set(KINDS[kind])
             if unknown or not metrics_ok or entry.pretrain_data not in (None, *PRETRAIN_DATA):
@@ -174,7 +175,7 @@ def peer_entries() -> list[Entry]:
         print("cellpose is not installed beside the project (scripts/install_cellpose_reference.sh): no peer row",
               file=sys.stderr)
         return []
-    return [Entry(PEER, "nuclei", TASK, "cellseg", ("scratch",), {m: m for m in KINDS["nuclei"]})]
+    return [Entry(PEER, "nuclei", TASK, "cellseg", ("scratch",), {m: m for m in KINDS["nuclei"]}, relative_cost=2)]
 
 
 def _samples(task: Task, realdata: Path) -> tuple[list, list]:
@@ -357,6 +358,5 @@ def _check_tasks(tasks: list[str] | None) -> list[str]:
 
 
 def _expected_cost(job: Job) -> int:
-    """Detectors and their pretrainings run longest: start them first so the jobs finish together."""
-    return {"cupre_instance_seg": 4, "pmc_detection": 3, "mediar_cellseg": 2, "cellpose": 2}.get(job.entry.bundle, 1) * \
-        (2 if job.task.real else 1)
+    """The bundle's declared relative cost, doubled on the real tasks (larger images)."""
+    return job.entry.relative_cost * (2 if job.task.real else 1)

@@ -35,18 +35,17 @@ def decode_boxes(maps: np.ndarray, threshold: float = 0.75, size_scale: float = 
         row = min(max(int(cy), 0), heatmap.shape[0] - 1)
         col = min(max(int(cx), 0), heatmap.shape[1] - 1)
         height, width = maps[1, row, col] * size_scale, maps[2, row, col] * size_scale
-        boxes.append(_clipped((cx + 0.5 - width / 2, cy + 0.5 - height / 2, width, height),  # pixel centre at +0.5
-                              heatmap.shape))
+        boxes.append((cx + 0.5 - width / 2, cy + 0.5 - height / 2, width, height))  # pixel centre at +0.5
         scores.append(float(region.intensity_max))
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64)
+    return _clipped(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), heatmap.shape), np.asarray(scores, np.float64)
 
 
-def _clipped(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    """An [x, y, w, h] box cut to the image: a cell at the edge is seen only up to it, and COCO tools and
-    viewers expect boxes inside the image."""
-    x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
-    x1, y1 = min(box[0] + box[2], float(shape[1])), min(box[1] + box[3], float(shape[0]))
-    return x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)
+def _clipped(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 4) [x, y, w, h] boxes cut to the image: a cell at the edge is seen only up to it, and COCO tools
+    and viewers expect boxes inside the image."""
+    corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    corners = np.clip(corners, 0.0, [shape[1], shape[0], shape[1], shape[0]])
+    return np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
 
 
 class DecodeBoxesd(MapTransform):

@@ -3,6 +3,7 @@ early stopping after `patience` validations without improvement, the metric's di
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -12,11 +13,12 @@ from ignite.engine import Engine, Events
 from cellzoo.engines import Convergence, read_curve
 
 
-class _Saver:
-    """Stands in for the validator's key-metric CheckpointSaver: only its metric direction is read."""
+def _saver(folder, negative: bool):
+    """MONAI's key-metric CheckpointSaver, as the bundles' validators use it: Convergence reads its direction."""
+    from monai.handlers import CheckpointSaver
 
-    def __init__(self, negative: bool):
-        self.key_metric_negative_sign = negative
+    return CheckpointSaver(save_dir=str(folder), save_dict={"model": torch.nn.Linear(1, 1)}, save_key_metric=True,
+                           key_metric_filename="model.pt", key_metric_negative_sign=negative)
 
 
 def scripted(scores: list[float], epoch_length: int = 3, max_epochs: int = 20):
@@ -29,7 +31,7 @@ def scripted(scores: list[float], epoch_length: int = 3, max_epochs: int = 20):
     evaluator.state.key_metric_name = "val_f1"
     queue = list(scores)
 
-    @evaluator.on(Events.COMPLETED)
+    @evaluator.on(Events.EPOCH_COMPLETED)  # where ignite metrics are computed, before a saver reads them
     def _report(engine):
         engine.state.metrics["val_f1"] = queue.pop(0)
 
@@ -39,7 +41,7 @@ def scripted(scores: list[float], epoch_length: int = 3, max_epochs: int = 20):
 
 def test_stops_after_patience_validations_without_improvement(tmp_path, caplog):
     trainer, evaluator, (data, max_epochs) = scripted([0.1, 0.5, 0.4, 0.5, 0.45, 0.9, 0.9])
-    curve = Convergence(evaluator, tmp_path, patience=3, best_model=_Saver(False))
+    curve = Convergence(evaluator, tmp_path, patience=3, best_model=_saver(tmp_path / "ckpt", False))
     curve.attach(trainer)
     with caplog.at_level(logging.INFO, logger="cellzoo.engines.convergence"):
         trainer.run(data, max_epochs=max_epochs)
@@ -54,14 +56,21 @@ def test_stops_after_patience_validations_without_improvement(tmp_path, caplog):
     assert (tmp_path / "training_curve.png").stat().st_size > 1000
     assert "early stop: no better val_f1 in 3 validations" in caplog.text
     assert "best val_f1 0.5000 at iteration 6, final 0.4500" in caplog.text
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["plateau"] is True and summary["iterations"] == 15 and summary["key_metric"] == "val_f1"
+    assert summary["best"] == {"iteration": 6, "value": 0.5} and summary["final"] == {"iteration": 15, "value": 0.45}
 
 
 def test_lower_is_better_follows_the_best_model_saver(tmp_path):
     trainer, evaluator, (data, max_epochs) = scripted([3.0, 2.0, 2.5, 2.1, 1.0, 5.0, 5.0])
-    curve = Convergence(evaluator, tmp_path, patience=2, best_model=_Saver(True))
+    saver = _saver(tmp_path / "ckpt", True)
+    saver.attach(evaluator)
+    curve = Convergence(evaluator, tmp_path, patience=2, best_model=saver)
     curve.attach(trainer)
     trainer.run(data, max_epochs=max_epochs)
+    # 2.0 at epoch 2 is the lowest; 2.5 and 2.1 do not beat it: stop after epoch 4, the saver kept epoch 2
     assert trainer.state.epoch == 4 and curve.best()["val_metric"] == 2.0
+    assert saver._key_metric_checkpoint._saved[-1].priority == -2.0
 
 
 def test_min_delta_and_no_patience(tmp_path):
@@ -76,6 +85,9 @@ def test_min_delta_and_no_patience(tmp_path):
     curve.attach(trainer)
     trainer.run(data, max_epochs=5)
     assert trainer.state.epoch == 5 and curve.stop_reason == "max_epochs 5 reached"
+    # a run that ends at its maximum is not on a plateau: reports must not take it as converged
+    summary = json.loads((tmp_path / "b" / "training_summary.json").read_text())
+    assert summary["plateau"] is False and summary["stop_reason"] == "max_epochs 5 reached"
 
 
 def test_no_stop_before_min_iterations(tmp_path):

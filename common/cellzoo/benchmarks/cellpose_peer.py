@@ -4,6 +4,14 @@ A user with few labels would otherwise train cellpose. This runs cellpose 3.1 (i
 Cellpose-SAM, a ViT-L, out of reach of a CPU) beside the project, not as a dependency: it needs the folder
 `scripts/install_cellpose_reference.sh` installs (`.bench/cellpose`, or $CELLPOSE_PATH).
 
+Sized as the bundles' quick configs are (`Rule`): cellpose's U-Net with its first three levels at half width
+(16, 32, 64 channels instead of 32, 64, 128; the last keeps 256, the style size cellpose's eval assumes) on
+128-px crops (MEDIAR quick's). At its own size (224-px crops) one batch of 8 took 18 s on one contended CPU
+thread, so the 10-minute guard would stop it after about 30 iterations; this size takes 1.9 s. Masks are kept
+whatever their flow error (`flow_threshold` 0, as MEDIAR quick: a network trained for minutes predicts flows
+too weak for the 0.4 check, which discarded most masks of a cellpose trained for 40 iterations: test F1 0.10
+against 0.34 without it).
+
 It behaves as a study of the benchmark (same files, so `label_efficiency` collects it like a bundle): on the
 CellSeg layout of a task, the same test items (`split_test`), the same nested training sets per seed
 (`training_order`), then per seed and budget N:
@@ -37,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo.engines.convergence import COLUMNS as CURVE_COLUMNS
+from cellzoo.engines.convergence import EARLY_STOP, write_summary
 from cellzoo.studies.report import write_csv
 
 __all__ = ["PEER", "Rule", "cellpose_path", "peer_command"]
@@ -48,10 +57,14 @@ SNAPSHOT = "peer"
 
 @dataclass(frozen=True)
 class Rule:
-    """The quick recipes' convergence rule in cellpose's units: 8 crops of 224 px per epoch (one batch)."""
+    """The quick recipes' convergence rule in cellpose's units (8 crops per epoch: one batch), and the size."""
 
     nimg_per_epoch: int = 8
     batch_size: int = 8
+    crop: int = 128
+    # cellpose's CPnet channels per level (its default 32-256); the last stays 256, the style size its eval assumes
+    widths: tuple[int, ...] = (16, 32, 64, 256)
+    flow_threshold: float = 0.0
     val_every: int = 8         # epochs: a validation every 64 samples, as MEDIAR's quick epochs
     patience: int = 6
     min_samples: int = 640     # MEDIAR quick: 80 iterations of batch 8
@@ -89,32 +102,45 @@ def _read(entries: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def train_worker(data: str, items: list[str], out: str, seed: int, rule: Rule) -> None:
     """cellpose's own training from scratch (no weights loaded), snapshots every `val_every` epochs."""
     import torch
-    from cellpose import models, train
+    from cellpose import train
 
     from cellzoo.io.layouts.cellseg import read_cellseg
 
     torch.manual_seed(seed)
     entries = [e for e in read_cellseg(data) if e["name"] in set(items)]
     images, labels = _read(entries)
-    model = models.CellposeModel(gpu=False, pretrained_model=False, nchan=2)
+    model = _model(rule)
     train.train_seg(model.net, train_data=images, train_labels=labels, channels=[0, 0], normalize=True,
                     n_epochs=rule.max_epochs, batch_size=rule.batch_size, nimg_per_epoch=rule.nimg_per_epoch,
-                    save_path=out, save_every=rule.val_every, save_each=True, model_name=SNAPSHOT, min_train_masks=1)
+                    bsize=rule.crop, save_path=out, save_every=rule.val_every, save_each=True, model_name=SNAPSHOT,
+                    min_train_masks=1)
 
 
-def _segment(snapshot: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def _model(rule: Rule, snapshot: Path | None = None):
+    """A cellpose model of the rule's widths, untrained or with a snapshot's weights."""
     from cellpose import models
+    from cellpose.resnet_torch import CPnet
 
-    model = models.CellposeModel(gpu=False, pretrained_model=str(snapshot), nchan=2)
+    model = models.CellposeModel(gpu=False, pretrained_model=False, nchan=2)
+    model.net = CPnet([2, *rule.widths], model.nclasses, sz=3, mkldnn=model.mkldnn, max_pool=True,
+                      diam_mean=model.diam_mean).to(model.device)
+    if snapshot is not None:
+        model.net.load_model(str(snapshot), device=model.device)
+    return model
+
+
+def _segment(snapshot: Path, images: list[np.ndarray], rule: Rule) -> list[np.ndarray]:
+    model = _model(rule, snapshot)
     diameter = float(model.net.diam_labels.item())  # the mean diameter of the training cells
-    return [np.asarray(model.eval(image, channels=[0, 0], diameter=diameter)[0]) for image in images]
+    return [np.asarray(model.eval(image, channels=[0, 0], diameter=diameter, flow_threshold=rule.flow_threshold)[0])
+            for image in images]
 
 
-def _f1(snapshot: Path, images, labels, iou: float, border_margin: int) -> float:
+def _f1(snapshot: Path, images, labels, rule: Rule, iou: float, border_margin: int) -> float:
     from cellzoo.metrics.instance import instance_scores, threshold_key
 
     scores = [instance_scores(gt, pred, (iou,), border_margin)["thresholds"][threshold_key(iou)]["f1"]
-              for pred, gt in zip(_segment(snapshot, images), labels)]
+              for pred, gt in zip(_segment(snapshot, images, rule), labels)]
     return float(np.mean(scores))
 
 
@@ -138,7 +164,7 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
     items = json.dumps([e["name"] for e in entries])
     code = (f"import json; from cellzoo.benchmarks.cellpose_peer import Rule, train_worker; "
             f"train_worker({str(data)!r}, json.loads({items!r}), {str(folder)!r}, {seed}, Rule(**{rule.__dict__!r}))")
-    started, best, best_epoch, bad, rows = time.perf_counter(), -1.0, None, 0, []
+    started, best, best_epoch, bad, rows, reason = time.perf_counter(), -1.0, None, 0, [], f"max_epochs {rule.max_epochs} reached"
     with open(folder / "train.log", "w") as log:
         worker = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=_environment())
     try:
@@ -148,7 +174,7 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
             while not _ready(path):
                 if worker.poll() is not None:
                     raise RuntimeError(f"cellpose training ended early (exit {worker.returncode}); see {folder / 'train.log'}")
-            score = _f1(path, images, labels, **scoring)
+            score = _f1(path, images, labels, rule, **scoring)
             samples = (epoch + 1) * rule.nimg_per_epoch  # train_seg saves after training epoch `epoch` (from 0)
             # the curve in the bundles' columns (cellzoo.engines.Convergence): one batch per epoch
             rows.append({"iteration": samples // rule.batch_size, "epoch": epoch + 1, "val_metric": score})
@@ -157,27 +183,34 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
             elif samples >= rule.min_samples:
                 bad += 1
             minutes = (time.perf_counter() - started) / 60
-            if bad >= rule.patience or minutes >= rule.max_minutes:
+            if bad >= rule.patience:
+                reason = f"{EARLY_STOP}: no better val_f1 in {rule.patience} validations"
+                break
+            if minutes >= rule.max_minutes:
+                reason = f"time limit of {rule.max_minutes} min"
                 break
             epoch += rule.val_every
     finally:
         worker.kill()
         worker.wait()
     write_csv(rows, folder / "training_curve.csv", CURVE_COLUMNS)
+    minutes = (time.perf_counter() - started) / 60
+    best_row = max(rows, key=lambda row: row["val_metric"])  # the first of equals, as `best` was kept
+    write_summary(folder, reason, rows[-1]["iteration"], minutes, "val_f1", best_row, rows[-1])
     model = folder / "model"
     os.replace(_snapshot(folder, best_epoch), model)
-    print(f"cellpose seed {seed}, N={len(entries)}: best val F1 {best:.4f} at epoch {best_epoch}, stopped at epoch "
-          f"{rows[-1]['epoch']} after {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr, flush=True)
+    print(f"cellpose seed {seed}, N={len(entries)}: {reason}; best val F1 {best:.4f} at epoch {best_epoch}, "
+          f"stopped at epoch {rows[-1]['epoch']} after {minutes:.1f} min", file=sys.stderr, flush=True)
     return model
 
 
-def evaluate(model: Path, entries: list[dict], out: Path, scoring: dict) -> dict:
+def evaluate(model: Path, entries: list[dict], out: Path, scoring: dict, rule: Rule) -> dict:
     """Segment the test items with the kept snapshot; score them as MEDIAR's evaluation does."""
     from cellzoo.io import write_tiff
     from cellzoo.metrics.folders import write_instance_report
 
     images, _ = _read(entries)
-    for entry, labels in zip(entries, _segment(model, images)):
+    for entry, labels in zip(entries, _segment(model, images, rule)):
         write_tiff(out / "labels" / f"{entry['name']}_label.tiff", labels.astype(np.uint32), "YX")
     return write_instance_report(out / "labels", [e["label"] for e in entries], out / "metrics.json", **scoring)
 
@@ -204,7 +237,7 @@ def run_peer(data: Path, sizes: list[int], seeds: list[int], n_test: int, out: P
                 started = time.perf_counter()
                 model = train_with_rule(data, [entries[k] for k in order[:n]], folder, seed, rule, scoring)
                 minutes = (time.perf_counter() - started) / 60
-                report = evaluate(model, [entries[k] for k in test], folder / "eval", scoring)
+                report = evaluate(model, [entries[k] for k in test], folder / "eval", scoring, rule)
                 scores = {k: v for k, v in report.items() if isinstance(v, float)}
                 result.write_text(json.dumps({"train_items": order[:n], "scores": scores, "minutes": minutes}))
             done = json.loads(result.read_text())

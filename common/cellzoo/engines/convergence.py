@@ -10,7 +10,9 @@
   `min_iterations` (a detector's score stays 0 until its outputs first pass the decoding threshold, which
   is no plateau); and, as a guard, when `max_minutes` of training have passed (ignite's `TimeLimit`);
   `max_epochs` of the trainer stays the maximum;
-- at the end logs why training stopped, the best and the final score and where the curve is.
+- at the end logs why training stopped, the best and the final score and where the curve is, and writes
+  them as `<out_dir>/training_summary.json` (`plateau`: whether it stopped because the score had stopped
+  improving, rather than at a guard while possibly still learning), which studies and benchmarks report.
 
 Lower-is-better key metrics (pretext losses) follow the validator's best-model saver
 (`key_metric_negative_sign`), so the stopping rule and the saved best model never disagree. Its state
@@ -20,16 +22,21 @@ Lower-is-better key metrics (pretext losses) follow the validator's best-model s
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
+from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("iteration", "epoch", "train_loss", "learning_rate", "val_metric")
+SUMMARY = "training_summary.json"
+EARLY_STOP = "early stop"  # the start of a stop reason that means the score had plateaued
 
 
 def _number(value) -> float | None:
@@ -70,7 +77,7 @@ class Convergence:
         self.evaluator, self.out_dir, self.name = evaluator, Path(out_dir), name
         self.patience = None if patience is None else int(patience)
         self.min_delta, self.max_minutes, self.min_iterations = float(min_delta), max_minutes, int(min_iterations or 0)
-        self.lower_is_better = bool(getattr(best_model, "key_metric_negative_sign", False))
+        self.lower_is_better = lower_is_better(best_model)
         self.loss_key, self.write = loss_key, bool(write)
         self.rows: list[dict] = []
         self.stop_reason: str | None = None
@@ -154,6 +161,8 @@ class Convergence:
         self.stop_reason = self._why_stopped(engine)
         best, final = self.best(), self.final()
         minutes = (time.monotonic() - self._started) / 60
+        if self.write:
+            write_summary(self.out_dir, self.stop_reason, engine.state.iteration, minutes, self.key_name, best, final)
         if best is None:
             logger.warning("training ended (%s) after %d iterations in %.1f min without a validation score",
                            self.stop_reason, engine.state.iteration, minutes)
@@ -165,7 +174,7 @@ class Convergence:
 
     def _why_stopped(self, engine) -> str:
         if self._early_stopping is not None and self._early_stopping.counter >= self.patience:
-            return f"early stop: no better {self.key_name} in {self.patience} validations"
+            return f"{EARLY_STOP}: no better {self.key_name} in {self.patience} validations"
         if self.max_minutes is not None and engine.state.epoch < engine.state.max_epochs:
             return f"time limit of {self.max_minutes} min"
         return f"max_epochs {engine.state.max_epochs} reached"
@@ -247,6 +256,30 @@ def plot_curve(rows: list[dict], path: Path, metric_name: str = "val_metric") ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def lower_is_better(best_model) -> bool:
+    """The key metric's direction as the best-model saver ranks it. MONAI's CheckpointSaver keeps its
+    `key_metric_negative_sign` only inside its score function, so ask that function about a score of 1."""
+    checkpoint = getattr(best_model, "_key_metric_checkpoint", None)
+    if checkpoint is None:
+        return bool(getattr(best_model, "key_metric_negative_sign", False))
+    probe = SimpleNamespace(state=SimpleNamespace(metrics=defaultdict(lambda: 1.0), key_metric_name="probe"))
+    return checkpoint.score_function(probe) < 0
+
+
+def write_summary(out_dir: str | Path, stop_reason: str, iterations: int, minutes: float, key: str,
+                  best: dict | None, final: dict | None) -> Path:
+    """<out_dir>/training_summary.json: why a run stopped, whether on a plateau, its best and final scores."""
+    path = Path(out_dir) / SUMMARY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "stop_reason": stop_reason, "plateau": stop_reason.startswith(EARLY_STOP), "iterations": int(iterations),
+        "minutes": round(float(minutes), 2), "key_metric": key,
+        "best": None if best is None else {"iteration": best["iteration"], "value": best["val_metric"]},
+        "final": None if final is None else {"iteration": final["iteration"], "value": final["val_metric"]}},
+        indent=2))
+    return path
 
 
 def read_curve(path: str | Path) -> list[dict]:

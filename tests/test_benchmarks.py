@@ -117,6 +117,10 @@ class FakeStudies:
                         result = out / f"seed{seed}" / arm / f"n{n}" / "result.json"
                         result.parent.mkdir(parents=True, exist_ok=True)
                         result.write_text(json.dumps({"minutes": 0.5 * int(n)}))
+                        # seed 0 stops on its plateau, seed 1 at the time guard: the report must tell them apart
+                        reason = "early stop: no better val in 3 validations" if seed == "0" else "time limit of 10 min"
+                        (result.parent / "training_summary.json").write_text(
+                            json.dumps({"stop_reason": reason, "plateau": seed == "0"}))
 
         class Done:
             returncode = 0
@@ -151,10 +155,15 @@ def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_pat
     assert "| 2 | " in report and "mediar: pretrained" in report and "unetr: mae" in report and "0.205 ± 0.007" in report
     assert (docs.parent / "images" / "label_efficiency_nuclei_synthetic.png").is_file()
     assert "images/label_efficiency_labelfree_synthetic.png" in report
-    assert "SMOKE RUN" in report and "| nuclei_synthetic | fine-tune | cellpose | scratch | 2 | 1.0 | 2 |" in report
+    assert "SMOKE RUN" in report
+    assert "| nuclei_synthetic | fine-tune | cellpose | scratch | 2 | 1.0 | 2 | 1 of 2 |" in report
     with open(tmp_path / "out" / "label_efficiency_times.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 2 * 2 * (2 + 2 + 2 + 1 + 1 + 1 + 2)  # seeds x sizes x arms
-    assert "| nuclei_synthetic | 2 | 2 | +0.000 f1 | within noise |" in report  # MEDIAR: equal arms
+        times = list(csv.DictReader(handle))
+    assert len(times) == 2 * 2 * (2 + 2 + 2 + 1 + 1 + 1 + 2)  # seeds x sizes x arms
+    assert {(row["seed"], row["stopped"], row["plateau"]) for row in times} == {
+        ("0", "early stop: no better val in 3 validations", "True"), ("1", "time limit of 10 min", "False")}
+    # MEDIAR: equal arms; of its 4 fine-tunings at N = 2 (2 arms, 2 seeds) the 2 of seed 0 stopped on a plateau
+    assert "| nuclei_synthetic | 2 | 2 | +0.000 f1 | within noise | 2 of 4 |" in report
     assert "Not measured here: ISL takes part with its scratch arms only" in report
 
 

@@ -36,6 +36,7 @@ import yaml
 from cellzoo.benchmarks import samples as shared
 from cellzoo.benchmarks.layouts import item_name, write_layout
 from cellzoo.bundles import bundles_dir
+from cellzoo.engines.convergence import SUMMARY
 from cellzoo.errors import InputError
 from cellzoo.studies.engine import MANIFEST, split_test
 
@@ -283,8 +284,10 @@ def collect_rows(job: Job) -> list[dict]:
 
 
 def collect_times(job: Job) -> list[dict]:
-    """Wall time of every step a study ran: {task, method, arm, n, seed, step, minutes}; pretrainings as their
-    own rows (arm = the pretraining's name, n = 0), since an arm's cost includes them."""
+    """Wall time and stop of every step a study ran: {task, method, arm, n, seed, step, minutes, stopped, plateau};
+    pretrainings as their own rows (arm = the pretraining's name, n = 0), since an arm's cost includes them.
+    `stopped` is the run's training_summary.json stop reason ("" where none was written), `plateau` whether
+    that was the end of learning rather than a guard."""
     rows = []
     root = job.out / job.entry.study_task
     for path in sorted(root.glob("seed*/*/n*/result.json")) + sorted(root.glob("seed*/pretrain_*/done.json")):
@@ -296,8 +299,11 @@ def collect_times(job: Job) -> list[dict]:
             arm, n, step = path.parts[-3], int(path.parts[-2].removeprefix("n")), "fine-tune"
         else:
             arm, n, step = path.parts[-2].removeprefix("pretrain_"), 0, "pretrain"
+        summary = path.parent / SUMMARY
+        stop = json.loads(summary.read_text()) if summary.is_file() else {}
         rows.append({"task": job.task.name, "method": job.entry.bundle, "arm": arm, "n": n, "seed": seed,
-                     "step": step, "minutes": float(minutes)})
+                     "step": step, "minutes": float(minutes), "stopped": stop.get("stop_reason", ""),
+                     "plateau": bool(stop.get("plateau", False))})
     return rows
 
 

@@ -19,7 +19,7 @@ from cellzoo.engines.convergence import read_curve
 from cellzoo.studies.report import markdown_table, summarise, write_csv
 
 COLUMNS = ("task", "method", "arm", "n", "seed", "metric", "value")
-TIME_COLUMNS = ("task", "method", "arm", "n", "seed", "step", "minutes")
+TIME_COLUMNS = ("task", "method", "arm", "n", "seed", "step", "minutes", "stopped", "plateau")
 CONVERGED_NOTE = ("quick (CPU-sized) networks, every fine-tuning and pretraining trained until its validation score "
                   "stopped improving (each config's convergence rule: patience, a minimum, a maximum and a 10-minute "
                   "guard), the same rule for every method and arm; cellpose under the same rule")
@@ -114,13 +114,14 @@ def claim_verdicts(rows: list[dict], claims) -> list[dict]:
     return verdicts
 
 
-def _claims_section(rows: list[dict]) -> list[str]:
+def _claims_section(rows: list[dict], times: list[dict] = ()) -> list[str]:
     from cellzoo.benchmarks.label_efficiency import CLAIMS
 
     lines = ["## The papers' claims", "",
              "Per claim, task and budget N: the mean over seeds of the paired difference (arm minus baseline, same "
              "seed and training set). Shown: **yes** when every seed's difference has the claimed sign, **no** when "
-             "every one has the other sign, **within noise** otherwise.", ""]
+             "every one has the other sign, **within noise** otherwise. *On a plateau*: of the fine-tunings of both "
+             "arms, those that stopped because they had stopped improving (the others are lower bounds).", ""]
     verdicts = claim_verdicts(rows, CLAIMS)
     for claim in CLAIMS:
         mine = [v for v in verdicts if v["claim"] is claim]
@@ -128,26 +129,43 @@ def _claims_section(rows: list[dict]) -> list[str]:
         if not mine:
             lines += [f"Not measured here: {claim.absent}" if claim.absent else "No results.", ""]
             continue
-        lines += ["| task | N | seeds | mean difference | shown |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {v['task']} | {v['n']} | {v['seeds']} | {v['mean']:+.3f} {claim.metric} | {v['verdict']} |"
-                  for v in mine]
+        lines += ["| task | N | seeds | mean difference | shown | on a plateau |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {v['task']} | {v['n']} | {v['seeds']} | {v['mean']:+.3f} {claim.metric} | {v['verdict']} | "
+                  f"{plateau_count(_claim_runs(times, claim, v['task'], v['n']))} |" for v in mine]
         lines.append("")
     return lines
 
 
+def plateau_count(times: list[dict]) -> str:
+    """'5 of 6': how many of these runs stopped because their validation score had stopped improving."""
+    return f"{sum(bool(row.get('plateau')) for row in times)} of {len(times)}"
+
+
+def _claim_runs(times: list[dict], claim, task: str, n: int) -> list[dict]:
+    return [row for row in times if row["step"] == "fine-tune" and row["method"] == claim.method
+            and row["task"] == task and row["n"] == n and row["arm"] in (claim.arm, claim.baseline)]
+
+
 def _times_section(times: list[dict]) -> list[str]:
-    """Mean wall minutes per (task, method, arm, N) for fine-tunings, and per pretraining."""
+    """Mean wall minutes per (task, method, arm, N) for fine-tunings, and per pretraining, with how many of the
+    runs stopped on a plateau (the others at a guard: the time limit or the maximum, possibly still learning)."""
     if not times:
         return []
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for row in times:
-        groups.setdefault((row["task"], row["step"], row["method"], row["arm"], row["n"]), []).append(row["minutes"])
-    lines = ["## Cost: wall time", "",
+        groups.setdefault((row["task"], row["step"], row["method"], row["arm"], row["n"]), []).append(row)
+    lines = ["## Cost and convergence", "",
              "Minutes per run on this machine (mean over seeds, one CPU thread per study, two studies at once); "
-             "an arm that starts from a pretraining also costs that pretraining (once per seed).", "",
-             "| task | step | method | arm | N | minutes (mean) | runs |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for (task, step, method, arm, n), values in sorted(groups.items()):
-        lines.append(f"| {task} | {step} | {method} | {arm} | {n or '-'} | {statistics.mean(values):.1f} | {len(values)} |")
+             "an arm that starts from a pretraining also costs that pretraining (once per seed). *On a plateau*: "
+             "the runs that stopped because their validation score had not improved for the patience of their "
+             "config; the others stopped at a guard (10 minutes, or the maximum) and may still have been learning, "
+             "so their figures are lower bounds.", "",
+             "| task | step | method | arm | N | minutes (mean) | runs | on a plateau |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (task, step, method, arm, n), runs in sorted(groups.items()):
+        minutes = statistics.mean(row["minutes"] for row in runs)
+        lines.append(f"| {task} | {step} | {method} | {arm} | {n or '-'} | {minutes:.1f} | {len(runs)} | "
+                     f"{plateau_count(runs)} |")
     return lines + [""]
 
 
@@ -193,7 +211,7 @@ def markdown_report(rows: list[dict], tasks: list, seeds: list[int], smoke: bool
             lines += [f"![{task.name}]({plots[task.name]})", ""]
         if task.name in (curve_plots or {}):
             lines += [f"![{task.name} curves]({curve_plots[task.name]})", ""]
-    lines += _times_section(list(times)) + _claims_section(rows)
+    lines += _times_section(list(times)) + _claims_section(rows, list(times))
     return "\n".join(lines)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -13,7 +11,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from cellzoo.bundles import bundle_path
 from cellzoo.cli import EXIT_BAD_INPUT, main
 from cellzoo.errors import InputError
 from cellzoo.packaging import MB, ZIP_EPOCH, check_archive_members, install_bundle, package_bundle
+from loopback import serving
 
 NAME = "mediar_cellseg"
 SOURCE = Path(__file__).resolve().parents[1] / "bundles" / NAME
@@ -70,21 +68,12 @@ def read_zip(path: Path) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output free of request lines
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A loopback HTTP server over a temp folder: (folder, base URL)."""
     root = tmp_path_factory.mktemp("served")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(root) as url:
+        yield root, url
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,12 @@ def test_every_train_config_takes_mlflow_tracking(bundle, tmp_path):
         assert extras["handlers"].replace("::", "#") == "@train#handlers", config
         assert extras["val_handlers"].replace("::", "#") == "@validate#handlers", config
         assert "$@tracking" in flow.parser["run"], config
+        # the executed config is logged as an artifact (MONAI writes it into the run's output folder);
+        # TrackingExtras adds the checkpoint and the curve to these artifacts, keeping them
+        assert flow.parser["train#handlers"][-1]["artifacts"] == "@save_execute_config", config
+        written = flow.parser.get_parsed_content("save_execute_config")
+        output_dir = flow.parser.get_parsed_content("output_dir")
+        assert written.startswith(output_dir) and written.endswith(".json"), (config, written)
 
 
 @pytest.mark.slow

@@ -34,15 +34,16 @@ from pathlib import Path
 import yaml
 
 from cellzoo.benchmarks import samples as shared
+from cellzoo.benchmarks.claims import CLAIMS, KINDS, Claim
 from cellzoo.benchmarks.layouts import item_name, write_layout
+from cellzoo.benchmarks.report import write_benchmark_report
 from cellzoo.bundles import bundles_dir
 from cellzoo.engines.convergence import SUMMARY
 from cellzoo.errors import InputError
-from cellzoo.studies.engine import MANIFEST, split_test
+from cellzoo.studies.engine import MANIFEST, fill_placeholders, split_test
 
 __all__ = ["CLAIMS", "KINDS", "TASKS", "Claim", "Job", "Task", "plan_jobs", "run_benchmark"]
 
-KINDS = {"nuclei": ("box_ap", "f1", "mask_ap"), "labelfree": ("psnr", "pcc", "ssim")}  # common metrics, key first
 SPLIT_SEED = 0
 # without --tasks: the converged benchmark runs the real tasks (hours on 2 CPU cores: README.md), the smoke
 # run all four
@@ -77,35 +78,6 @@ TASKS = {
 }
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A paper's claim the benchmark can check: `arm` beats `baseline` on `metric` (higher is better)."""
-
-    paper: str
-    text: str
-    method: str
-    arm: str
-    baseline: str
-    metric: str
-    absent: str = ""  # why the benchmark cannot check it, shown when it has no rows
-
-
-CLAIMS = (
-    Claim("PMC", "pseudo-colorizing masked cells as pretraining raises detection AP over training from scratch "
-          "(Fluo-N2DH-SIM+: box AP 31.4 -> 43.4)", "pmc_detection", "pmc", "scratch", "box_ap"),
-    Claim("UNETR (LightMyCells)", "MAE pretraining on the brightfield images helps the UNETR predict the nuclear "
-          "stain (the paper's UNETR + MAE reaches PSNR 30.2 on the challenge validation)", "unetr_lightmycells",
-          "mae", "scratch", "psnr"),
-    Claim("In silico labeling", "predicting fluorescence from label-free images as pretraining helps segmentation "
-          "with few labels (nucleus IoU after one image 0.64 -> 0.84)", "isl_segmentation", "pretrained", "scratch",
-          "f1", absent="ISL takes part with its scratch arms only: its pretext needs label-free planes, and the "
-          "benchmark's nucleus task gives it fluorescence (the bundle's own study measures the claim)."),
-    Claim("MEDIAR", "pretraining on public labelled data sets before fine-tuning raises F1 on the target data",
-          "mediar_cellseg", "pretrained", "scratch", "f1"),
-    Claim("CUPre", "MoCo on cells alternating with COCO detection as pretraining beats training from scratch in "
-          "few-shot instance segmentation (LIVECell 5 %: box AP 9.9 -> 41.5)", "cupre_instance_seg", "cupre",
-          "scratch", "box_ap"),
-)
 # MEDIAR pretrains on labelled public data, CUPre on a natural-image COCO set: the benchmark's stand-ins
 PRETRAIN_DATA = ("labelled_nuclei", "objects")
 
@@ -223,8 +195,7 @@ def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry]
 
 def _fill(values: dict, job: Job) -> dict:
     """Placeholders of a declaration: {unlabelled} is the layout's folder of unlabelled images."""
-    fill = {"{unlabelled}": str(job.data.parent / f"{job.data.name}_unlabelled")}
-    return {k: fill.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+    return fill_placeholders(values, {"{unlabelled}": str(job.data.parent / f"{job.data.name}_unlabelled")})
 
 
 def study_command(job: Job, seeds: list[int], smoke: bool, paper: bool = False) -> list[str]:
@@ -313,8 +284,6 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
     """Run (or resume) the benchmark; writes <out>/label_efficiency.csv, one plot per task and the report.
 
     `smoke`: fixed tiny budgets instead of training to the plateau (CI); `paper`: the paper-scale configs."""
-    from cellzoo.benchmarks.report import write_benchmark_report
-
     out, started = Path(out).absolute(), time.perf_counter()
     chosen = [TASKS[t] for t in _check_tasks(tasks or (list(TASKS) if smoke else list(DEFAULT_TASKS)))]
     realdata = Path(realdata) if realdata is not None else None

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from cellzoo.benchmarks.claims import CLAIMS, KINDS
 from cellzoo.engines.convergence import read_curve
 from cellzoo.studies.report import markdown_table, summarise, write_csv
 
@@ -115,8 +116,6 @@ def claim_verdicts(rows: list[dict], claims) -> list[dict]:
 
 
 def _claims_section(rows: list[dict], times: list[dict] = ()) -> list[str]:
-    from cellzoo.benchmarks.label_efficiency import CLAIMS
-
     lines = ["## The papers' claims", "",
              "Per claim, task and budget N: the mean over seeds of the paired difference (arm minus baseline, same "
              "seed and training set). Shown: **yes** when every seed's difference has the claimed sign, **no** when "
@@ -181,8 +180,6 @@ def markdown_report(rows: list[dict], tasks: list, seeds: list[int], smoke: bool
                     plots: dict[str, str], command: str, times: list[dict] = (),
                     curve_plots: dict[str, str] | None = None) -> str:
     """The report: how it was made, then per task its description, a table per metric and its plot."""
-    from cellzoo.benchmarks.label_efficiency import KINDS
-
     lines = ["# Label efficiency across methods", "",
              "Every cellzoo bundle's own study (`cellzoo study`) on shared tasks: the same images, the same fixed "
              "test items and, per seed, the same nested training sets of N labelled images for every method. "
@@ -221,8 +218,6 @@ def write_benchmark_report(rows: list[dict], tasks: list, out: Path, seeds: list
     """<out>/label_efficiency.csv (and _times.csv), <out>/label_efficiency_<task>.png (and _curves.png),
     <out>/label_efficiency.md (and a copy of the report at `docs`, with its plots beside it in images/).
     `curves`: (task, method, study folder) of every finished study."""
-    from cellzoo.benchmarks.label_efficiency import KINDS
-
     files = {"csv": write_csv(rows, out / "label_efficiency.csv", COLUMNS)}
     if times:
         files["times"] = write_csv(list(times), out / "label_efficiency_times.csv", TIME_COLUMNS)

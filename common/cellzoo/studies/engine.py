@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 MANIFEST = "study.json"
 DONE = "done.json"
 RESULT = "result.json"
-# placeholders a study.yaml override may use for the study's own folders
-PLACEHOLDERS = ("{data}", "{pretrain_data}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
             checkpoints[name] = pretrain(study, name, seed, test, progress, checkpoints)
         for n in study.sizes:
             for arm in study.arms:
-                rows += run_cell(study, arm, n, seed, order[:n], test, checkpoints, progress)
+                rows += fine_tune_and_score(study, arm, n, seed, order[:n], test, checkpoints, progress)
     return rows
 
 
@@ -210,8 +208,13 @@ def _overrides(study: Study, kind: str, step_overrides: dict, arm_overrides: dic
     later ones win; placeholders filled."""
     merged = {**study.task.overrides, **step_overrides, **study.smoke_overrides.get(kind, {}), **arm_overrides,
               **study.settings, **(study.pretrain_settings if kind == "pretrain" else {}), **run}
-    fill = {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)}
-    return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in merged.items()}
+    return fill_placeholders(merged, {"{data}": str(study.data), "{pretrain_data}": str(study.pretrain_data)})
+
+
+def fill_placeholders(values: dict, fill: dict[str, str]) -> dict:
+    """study.yaml values that are exactly a placeholder (`{data}`: the study's data folder) replaced by its
+    text; every other value as it is."""
+    return {key: fill.get(value, value) if isinstance(value, str) else value for key, value in values.items()}
 
 
 def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Progress,
@@ -242,8 +245,8 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     return folder / "model.pt"
 
 
-def run_cell(study: Study, arm: str, n: int, seed: int, train: list[str], test: list[str],
-             checkpoints: dict[str, Path], progress: Progress) -> list[dict]:
+def fine_tune_and_score(study: Study, arm: str, n: int, seed: int, train: list[str], test: list[str],
+                        checkpoints: dict[str, Path], progress: Progress) -> list[dict]:
     """Fine-tune arm `arm` on `train` and score it on `test`; returns its rows (read back when done before)."""
     folder = study.out / f"seed{seed}" / arm / f"n{n}"
     what = f"seed {seed}: arm '{arm}', N={n}"

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, RandomizableTransform
 
-FLOW_AXES = (0, 1)  # flow channel 0 is the y component, channel 1 the x component
 
 
 def flip_flows(flows: np.ndarray, spatial_axis: int) -> np.ndarray:

@@ -81,7 +81,7 @@ def test_network_matches_declared_format(bundle):
     network whose output is not one tensor (study.yaml `export_input: null`) is checked against its declared
     output fields instead, since verify_net_in_out reads `output.shape`."""
     folder = bundle_path(bundle) / "configs"
-    if bundle_cli.data_spec(bundle).get("export_input", True) is None:
+    if bundle_cli.data_spec(bundle)["export_input"] is None:
         check_per_image_outputs(bundle)
         return
     shape = json.loads((folder / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]["spatial_shape"]
@@ -179,7 +179,7 @@ def test_inference_properties_and_outputs(bundle_with_data):
     assert flow.check_properties() == []
     flow.run()
     # one output per input image, where the bundle's study.yaml says inference writes it
-    pattern = bundle_cli.data_spec(bundle).get("inference_output", "labels/*_label.tiff")
+    pattern = bundle_cli.data_spec(bundle)["inference_output"]
     written = sorted(str(p.relative_to(root / "pred")) for p in (root / "pred").glob(pattern))
     assert len(written) == 4, written
 
@@ -229,7 +229,7 @@ def test_every_train_config_takes_mlflow_tracking(bundle, tmp_path):
 def test_torchscript_export_matches_eager(bundle_with_data, tmp_path):
     """MONAI's ckpt_export (traced) gives the eager network's output."""
     bundle, network = bundle_with_data["bundle"], bundle_with_data["network"]
-    shape = bundle_cli.data_spec(bundle).get("export_input", [1, 3, 64, 64])
+    shape = bundle_cli.data_spec(bundle)["export_input"]
     if shape is None:
         pytest.skip(f"{bundle}: its network's output is not one tensor, so it is not exported by tracing")
     folder = bundle_path(bundle) / "configs"

@@ -116,7 +116,7 @@ def test_an_onnx_graph_of_another_network_is_refused(in_channels, out_channels, 
     torch.onnx.export(torch.nn.Conv2d(in_channels, out_channels, 3, padding=1), torch.zeros(1, in_channels, 64, 64),
                       str(graph), input_names=["input"], output_names=["output"], dynamo=False)
     code, _, err = cli("predict", "mediar_cellseg", "--input", str(images), "--output", str(tmp_path / "o"),
-                       "--checkpoint", str(graph), "--backend", "onnxruntime", "--quick")  # reaches the bundle run
+                       "--checkpoint", str(graph), "--quick")  # reaches the bundle run
     one_line_error(code, err, "other.onnx", message)
     assert not (tmp_path / "o" / "labels").exists()
 

@@ -1,7 +1,7 @@
 """bioimage.io packages of every bundle's quick network (cellzoo.export.bioimageio), checked with bioimageio.core
 offline: its own test (format validation, then every weights format reproducing the test output from the test
 input through the package's preprocessing), its prediction against cellzoo's network output, the declared
-preprocessing against each bundle's own normalisation, and `cellzoo predict --backend onnxruntime`.
+preprocessing against each bundle's own normalisation, and `cellzoo predict` on a `.onnx` checkpoint.
 
 The networks carry their initial weights (seed 0) but MEDIAR's, which is the test session's quick-trained model:
 the packaging, the normalisation and the reproduction are what is tested here; training is tested by each
@@ -130,7 +130,7 @@ def test_documentation_cover_and_weights_of_a_package(packages):
 
 
 def test_predict_with_the_onnx_weights_equals_torch(packages, tmp_path):
-    """`cellzoo predict --backend onnxruntime` on the package's model.onnx writes the labels that the PyTorch
+    """`cellzoo predict` on the package's model.onnx (run in onnxruntime) writes the labels that the PyTorch
     state dict of the same package gives."""
     from cellzoo.cli import main
     from cellzoo.synthetic import synthesize
@@ -139,7 +139,7 @@ def test_predict_with_the_onnx_weights_equals_torch(packages, tmp_path):
     folder = packages["mediar_cellseg"]["folder"]
     for backend, checkpoint in (("onnxruntime", folder / "model.onnx"), ("torch", folder / "state_dict.pt")):
         main(["predict", "mediar_cellseg", "--input", str(data / "images"), "--output", str(tmp_path / backend),
-              "--checkpoint", str(checkpoint), "--quick", "--backend", backend])
+              "--checkpoint", str(checkpoint), "--quick"])
     written = sorted((tmp_path / "torch" / "labels").glob("*.tiff"))
     assert len(written) == 2
     for path in written:
@@ -147,15 +147,16 @@ def test_predict_with_the_onnx_weights_equals_torch(packages, tmp_path):
         assert ours.any() and np.mean((ours > 0) == (theirs > 0)) > 0.999
 
 
-def test_onnx_backend_needs_onnx_checkpoints_and_a_tensor_network(packages, tmp_path, capsys):
+def test_onnx_needs_a_tensor_network_and_no_mix_with_pytorch(packages, tmp_path, capsys):
     from cellzoo.cli import main
 
     images = tmp_path / "images"
     images.mkdir()
-    cases = [("mediar_cellseg", packages["mediar_cellseg"]["folder"] / "state_dict.pt", "takes .onnx checkpoints"),
-             ("cupre_instance_seg", packages["mediar_cellseg"]["folder"] / "model.onnx", "has no ONNX form")]
+    folder = packages["mediar_cellseg"]["folder"]
+    cases = [("mediar_cellseg", f"{folder / 'model.onnx'},{folder / 'state_dict.pt'}", "only .onnx checkpoints or only"),
+             ("cupre_instance_seg", str(folder / "model.onnx"), "has no ONNX form")]
     for bundle, checkpoint, message in cases:
         with pytest.raises(SystemExit) as done:
             main(["predict", bundle, "--input", str(images), "--output", str(tmp_path / "out"), "--checkpoint",
-                  str(checkpoint), "--quick", "--backend", "onnxruntime"])
+                  checkpoint, "--quick"])
         assert done.value.code == 2 and message in capsys.readouterr().err

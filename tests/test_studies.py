@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cellzoo.cli import main
 from cellzoo.errors import InputError
@@ -248,3 +249,22 @@ def test_a_real_tiny_study_and_its_command(fields, tmp_path, monkeypatch, capsys
     out = capsys.readouterr()
     assert "(done before, skipped)" in out.err and "| N | scratch (iou) | pretrained (iou) |" in out.out
     assert (tmp_path / "nuclei" / "isl_segmentation_nuclei.png").is_file()
+
+
+def test_a_study_yaml_must_declare_every_data_key(tmp_path):
+    """Commands and tests read data.inference_output and data.export_input without defaults: a bundle that
+    leaves one out is told so, naming its study.yaml."""
+    import shutil
+
+    from cellzoo.bundles import bundle_path
+    from cellzoo.errors import InputError
+
+    root = tmp_path / "isl_copy"
+    shutil.copytree(bundle_path("isl_segmentation") / "configs", root / "configs")
+    path = root / "configs" / "study.yaml"
+    raw = yaml.safe_load(path.read_text())
+    del raw["data"]["export_input"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match="data: missing export_input") as err:
+        load_study(root)
+    assert err.value.path == str(path)

@@ -183,15 +183,6 @@ def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool, set
             raise
 
 
-def _inference_network_line(bundle: str) -> str:
-    """The `network` entry of a bundle's inference.yaml, as written."""
-    import yaml
-
-    from cellzoo.bundles import bundle_path
-
-    return yaml.safe_load((bundle_path(bundle) / "configs" / "inference.yaml").read_text()).get("network", "")
-
-
 def _fits(bundle: str, path: str, quick: bool, settings: dict) -> bool:
     from cellzoo.bundles import parse_config_value
     from cellzoo.engines import load_weights
@@ -390,19 +381,20 @@ class CellzooCLI:
         print(f"measured {len(rows)} cells -> {out}")
 
     def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool | None = None,
-                overwrite: bool = False, set=None, backend: str = "torch"):
+                overwrite: bool = False, set=None):
         """Run a bundle's inference config on a folder of images with trained weights.
 
         --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. Without
         it, the bundle's shipped weights (models/release.json: quick-trained, with the settings they need).
-        --quick matches checkpoints trained with quick.yaml. --backend onnxruntime runs the `model.onnx` of the bundle's
-        bioimage.io package (`cellzoo export-bioimageio`) on the CPU instead of PyTorch. An output folder
-        that already holds predictions is refused unless --overwrite (which replaces the files of the same
-        names). --set "{task: cells, inputs: [DIC]}" sets keys of inference.yaml (values are data).
+        --quick matches checkpoints trained with quick.yaml. A `.onnx` checkpoint (the `model.onnx` of the
+        bundle's bioimage.io package, `cellzoo export-bioimageio`) runs in onnxruntime on the CPU instead of
+        PyTorch. An output folder that already holds predictions is refused unless --overwrite (which
+        replaces the files of the same names). --set "{task: cells, inputs: [DIC]}" sets keys of inference.yaml (values are data).
         """
         from cellzoo.bundles import run_config
         from cellzoo.inference import is_onnx
         from cellzoo.shipped_weights import shipped_weights
+        from cellzoo.studies import load_study
 
         if not Path(_path(input, "--input")).is_dir():
             raise InputError("input folder not found", input)
@@ -421,17 +413,16 @@ class CellzooCLI:
         for path in checkpoints:
             if not Path(path).is_file():
                 raise InputError("checkpoint not found" if not Path(path).exists() else "checkpoint is not a file", path)
-        if backend not in ("torch", "onnxruntime"):
-            raise InputError(f"--backend must be torch or onnxruntime, got {backend!r}")
-        for path in checkpoints:
-            if is_onnx(path) != (backend == "onnxruntime"):
-                raise InputError("--backend onnxruntime takes .onnx checkpoints (a package's model.onnx), --backend "
-                                 "torch PyTorch ones", path)
         settings = {**shipped_settings, **_config_settings(set, bundle, "inference", quick)}
-        if backend == "torch":
+        onnx = [is_onnx(path) for path in checkpoints]
+        if any(onnx) and not all(onnx):
+            raise InputError("an ensemble takes only .onnx checkpoints or only PyTorch ones",
+                             next(p for p, o in zip(checkpoints, onnx) if o))
+        if not any(onnx):
             _check_checkpoints_fit(bundle, checkpoints, quick, settings)
-        elif "load_networks" not in str(_inference_network_line(bundle)):
-            raise InputError(f"{bundle}'s detector has no ONNX form (its outputs depend on the data); use --backend torch")
+        elif load_study(bundle).data["export_input"] is None:  # study.yaml: the network has no ONNX form
+            raise InputError(f"{bundle}'s network has no ONNX form (its outputs depend on the data); give a PyTorch "
+                             "checkpoint", checkpoints[0])
         run_config(bundle, "inference", quick=quick, **settings, input_dir=str(input), output_dir=str(output),
                    checkpoints=checkpoints)
         print(f"predictions written to {output}")

@@ -81,6 +81,14 @@ class StudySpec:
         return self.tasks[name]
 
 
+# what a bundle reads and writes, for the commands and tests that run it without knowing it:
+# layout: the `cellzoo synth` layout of its data; inference_input: the folder of that layout inference reads
+# ("" = the data folder itself); inference_output: the glob of the prediction files inference writes (what
+# `cellzoo predict` protects from overwriting); export_input: the network's input shape for TorchScript/ONNX
+# export, or null when its output is not one tensor (no ONNX form: CUPre's detector)
+DATA_KEYS = ("layout", "inference_input", "inference_output", "export_input")
+
+
 def load_study(bundle: str | Path) -> StudySpec:
     """Read and check `configs/study.yaml` of a bundle (by name or path)."""
     root = bundle_path(bundle)
@@ -105,7 +113,11 @@ def _parse(bundle: str, raw: dict) -> StudySpec:
     unknown = set(smoke) - set(STEP_KINDS)
     if unknown:
         raise ValueError(f"smoke: unknown step kinds {sorted(unknown)} (use {', '.join(STEP_KINDS)})")
-    return StudySpec(bundle, tasks, smoke, dict(raw.get("data") or {}))
+    data = dict(raw.get("data") or {})
+    missing = [key for key in DATA_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"data: missing {', '.join(missing)} (every bundle declares {', '.join(DATA_KEYS)})")
+    return StudySpec(bundle, tasks, smoke, data)
 
 
 def _mapping(raw: dict, key: str) -> dict:

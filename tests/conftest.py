@@ -32,3 +32,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def log_handlers_on_an_open_stream():
+    """A bundle run configures logging (logging.conf) with a handler on the sys.stderr of that moment, which in
+    a test is capsys's stream, closed when the test ends; a later test's bundle run would then print
+    "--- Logging error ---" tracebacks. Outside tests sys.stderr never closes, so the test session re-points
+    such handlers at the current stderr before each test."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
+    yield

@@ -168,6 +168,14 @@ def _times_section(times: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _wall_time(seconds: float, times) -> str:
+    """This invocation's time, and the runs' own minutes: a resumed benchmark skips the steps done before."""
+    run_minutes = sum(row["minutes"] for row in times)
+    text = f"{seconds / 60:.0f} min for this invocation"
+    return text + (f"; its runs took {run_minutes:.0f} min in all (two at a time, resumed ones included)"
+                   if times else "")
+
+
 def _machine() -> str:
     import torch
 
@@ -192,7 +200,7 @@ def markdown_report(rows: list[dict], tasks: list, seeds: list[int], smoke: bool
              f"- Command: `{command}`",
              f"- Configs: {SMOKE_NOTE if smoke else CONVERGED_NOTE}; seeds {', '.join(map(str, seeds))}",
              f"- Machine: {_machine()}",
-             f"- Wall time: {seconds / 60:.0f} min; written {time.strftime('%Y-%m-%d %H:%M %Z')}", ""]
+             f"- Wall time: {_wall_time(seconds, times)}; written {time.strftime('%Y-%m-%d %H:%M %Z')}", ""]
     for task in tasks:
         task_rows = [row for row in rows if row["task"] == task.name]
         lines += [f"## {task.name}", "", f"{task.description[0].upper()}{task.description[1:]}; "

@@ -16,7 +16,7 @@ from cellzoo.methods.cupre.data import (
 from cellzoo.methods.cupre.export import InstanceLabelNetwork
 from cellzoo.methods.cupre.inference import TiledDetectionInferer, merge_detections
 from cellzoo.methods.cupre.masks import detections_to_coco, detections_to_labels, empty_detections, paste_masks
-from cellzoo.methods.cupre.metrics import DetectionAPMetric, ground_truth_coco, write_detection_report
+from cellzoo.methods.cupre.evaluation import DetectionAPMetric, ground_truth_coco, write_detection_report
 from cellzoo.methods.cupre.network import (
     CASCADE_IOUS,
     CASCADE_WEIGHTS,

@@ -2,7 +2,7 @@
 
 from cellzoo.methods.mediar.boundary import BoundaryExclusiond, boundary_exclusion_mask
 from cellzoo.methods.mediar.intensity import CellAwareIntensityd, cell_factor_map
-from cellzoo.methods.mediar.loss import MEDIARLoss
+from cellzoo.methods.mediar.losses import MEDIARLoss
 from cellzoo.methods.mediar.modality import discover_modalities, encoder_embeddings
 from cellzoo.methods.mediar.network import MEDIARFormer, swap_activations
 from cellzoo.methods.mediar.samplers import AmplifiedSampler, MemoryReplayBatchSampler, replay_loader

@@ -13,7 +13,7 @@ from cellzoo.methods.unetr.mae import (
     MaskedReconstructionMetric,
     checkerboard_mask,
 )
-from cellzoo.methods.unetr.metrics import (
+from cellzoo.methods.unetr.evaluation import (
     CHALLENGE_METRICS,
     ChallengeScores,
     challenge_metrics,

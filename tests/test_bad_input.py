@@ -182,6 +182,11 @@ def test_predict_refuses_bad_checkpoints(images, quick_checkpoint, tmp_path):
     code, _, err = cli("predict", BUNDLE, "--input", str(images), "--output", str(tmp_path / "o"),
                        "--checkpoint", str(quick_checkpoint))
     one_line_error(code, err, "quick.pt", "of another shape", "add --quick (it fits the quick network)")
+    assert not list((tmp_path / "o").rglob("*.tiff"))  # refused when the checkpoint loads, before predicting
+    # the bioimage.io export loads it the same way and gives the same hint
+    code, _, err = cli("export-bioimageio", BUNDLE, "--checkpoint", str(quick_checkpoint), "--out",
+                       str(tmp_path / "pkg"), "--validate", "false")
+    one_line_error(code, err, "quick.pt", "of another shape", "add --quick (it fits the quick network)")
 
 
 # ---------------------------------------------------------------- outputs: overwrite, permissions, unwritable

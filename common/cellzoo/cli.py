@@ -166,21 +166,20 @@ def _pretrain_settings(value, bundle: str, spec, quick: bool) -> dict:
     return settings
 
 
-def _check_checkpoints_fit(bundle: str, checkpoints: list[str], quick: bool, settings: dict) -> None:
-    """Every checkpoint must fit the inference network; a quick/paper-scale mix-up gets a hint."""
-    from cellzoo.bundles import parse_config_value
-    from cellzoo.engines import load_weights
+def _run_with_fit_hint(run, bundle: str, quick: bool, settings: dict) -> None:
+    """Run inference (which loads each checkpoint once); a checkpoint that does not fit gets the hint to add
+    or drop --quick when it fits the network of the other scale."""
+    from cellzoo.errors import find_input_error
 
-    network = parse_config_value(bundle, "inference", "network_def", quick=quick, **settings)
-    for path in checkpoints:
-        try:
-            load_weights(network, path, config_hint=False)
-        except InputError as err:
-            if "does not fit the network" in err.problem and _fits(bundle, path, not quick, settings):
-                hint = "add --quick (it fits the quick network)" if not quick else "drop --quick (it fits the " \
-                       "paper-scale network)"
-                raise InputError(f"{err.problem}; {hint}", path) from err
+    try:
+        run()
+    except Exception as err:
+        cause = find_input_error(err)
+        if cause is None or "does not fit the network" not in cause.problem or not _fits(bundle, cause.path,
+                                                                                          not quick, settings):
             raise
+        hint = "drop --quick (it fits the paper-scale network)" if quick else "add --quick (it fits the quick network)"
+        raise InputError(f"{cause.problem}; {hint}", cause.path) from err
 
 
 def _fits(bundle: str, path: str, quick: bool, settings: dict) -> bool:
@@ -418,13 +417,11 @@ class CellzooCLI:
         if any(onnx) and not all(onnx):
             raise InputError("an ensemble takes only .onnx checkpoints or only PyTorch ones",
                              next(p for p, o in zip(checkpoints, onnx) if o))
-        if not any(onnx):
-            _check_checkpoints_fit(bundle, checkpoints, quick, settings)
-        elif load_study(bundle).data["export_input"] is None:  # study.yaml: the network has no ONNX form
+        if any(onnx) and load_study(bundle).data["export_input"] is None:  # study.yaml: no ONNX form
             raise InputError(f"{bundle}'s network has no ONNX form (its outputs depend on the data); give a PyTorch "
                              "checkpoint", checkpoints[0])
-        run_config(bundle, "inference", quick=quick, **settings, input_dir=str(input), output_dir=str(output),
-                   checkpoints=checkpoints)
+        _run_with_fit_hint(lambda: run_config(bundle, "inference", quick=quick, **settings, input_dir=str(input),
+                                              output_dir=str(output), checkpoints=checkpoints), bundle, quick, settings)
         print(f"predictions written to {output}")
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
@@ -484,8 +481,9 @@ class CellzooCLI:
             raise InputError(f"{target / str(bundle)} already exists; pass --overwrite to replace it")
         quick = _flag(quick, "--quick")
         settings = _config_settings(set, bundle, "inference", quick)
-        _check_checkpoints_fit(bundle, [str(checkpoint)], quick, settings)
-        paths = export_bioimageio(bundle, checkpoint, target, quick=quick, settings=settings)
+        paths = {}
+        _run_with_fit_hint(lambda: paths.update(export_bioimageio(bundle, checkpoint, target, quick=quick,
+                                                                  settings=settings)), bundle, quick, settings)
         print(f"package: {paths['zip']} (folder {paths['folder']})")
         if _flag(validate, "--validate"):
             summary = test_package(paths["zip"])

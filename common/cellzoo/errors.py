@@ -19,18 +19,28 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
-def user_error_message(error: BaseException | None) -> str | None:
-    """One line for an error the user can fix, else None: an InputError, or an OS error on a named file
-    (an output that cannot be written), found in `error` or in what it was raised from (MONAI wraps errors
-    of configs and transforms in RuntimeErrors)."""
+def _chain(error: BaseException | None):
+    """`error` and what it was raised from (MONAI wraps errors of configs and transforms in RuntimeErrors)."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, InputError):
-            return str(error)
-        if isinstance(error, OSError) and error.filename:
-            return f"{error.filename}: {error.strerror or error}"
+        yield error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
+
+
+def find_input_error(error: BaseException | None) -> InputError | None:
+    """The InputError in `error` or in what it was raised from, or None."""
+    return next((e for e in _chain(error) if isinstance(e, InputError)), None)
+
+
+def user_error_message(error: BaseException | None) -> str | None:
+    """One line for an error the user can fix, else None: an InputError, or an OS error on a named file
+    (an output that cannot be written), found in `error` or in what it was raised from."""
+    for cause in _chain(error):
+        if isinstance(cause, InputError):
+            return str(cause)
+        if isinstance(cause, OSError) and cause.filename:
+            return f"{cause.filename}: {cause.strerror or cause}"
     return None
 
 

@@ -43,3 +43,10 @@ def test_shared_kinds_never_import_a_method_package():
     crossings = [f"{path.relative_to(PACKAGE)} imports {module}" for path in shared
                  for module in imported_modules(path) if method_of(module) or module == "cellzoo.methods"]
     assert not crossings, crossings
+
+
+def test_no_shared_module_is_named_after_a_method():
+    """A method keeps its own code in its package (a layout only it reads included)."""
+    named = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+             if "methods" not in p.relative_to(PACKAGE).parts and any(m in p.stem.split("_") for m in METHODS)]
+    assert not named, named

@@ -2,7 +2,7 @@
 data chains and post-processing."""
 
 from cellzoo.methods.isl.evaluation import write_field_instance_report
-from cellzoo.io.layouts.isl import isl_datalist, read_isl, select_channels
+from cellzoo.methods.isl.layout import isl_datalist, read_isl, select_channels
 from cellzoo.methods.isl.losses import DistanceMaskLoss, JaccardLoss
 from cellzoo.methods.isl.network import TASKS, ShiftedSigmoid, densenet_to_unet_keys, isl_network
 from cellzoo.methods.isl.postprocess import (

@@ -5,7 +5,7 @@ metrics."""
 from cellzoo.methods.unetr.augment import AUGMENTATIONS, RandGridMaskd, RandomPlaned, augmentation_chain, grid_mask
 from cellzoo.methods.unetr.data import BEST_FOCUS, best_focus, inference_items, lightmycells_items, plane_items
 from cellzoo.methods.unetr.intensity import Clahed, Denormalized, ZScored, clahe
-from cellzoo.io.layouts.lightmycells import read_lightmycells
+from cellzoo.methods.unetr.layout import read_lightmycells
 from cellzoo.methods.unetr.mae import (
     MASKING,
     GridMaskedAutoencoder,

@@ -166,13 +166,13 @@ def _pretrain_settings(value, bundle: str, spec, quick: bool) -> dict:
     return settings
 
 
-def _run_with_fit_hint(run, bundle: str, quick: bool, settings: dict) -> None:
-    """Run inference (which loads each checkpoint once); a checkpoint that does not fit gets the hint to add
-    or drop --quick when it fits the network of the other scale."""
+def _run_with_fit_hint(run, bundle: str, quick: bool, settings: dict):
+    """`run()` (which loads each checkpoint once) and its result; a checkpoint that does not fit gets the hint
+    to add or drop --quick when it fits the network of the other scale."""
     from cellzoo.errors import find_input_error
 
     try:
-        run()
+        return run()
     except Exception as err:
         cause = find_input_error(err)
         if cause is None or "does not fit the network" not in cause.problem or not _fits(bundle, cause.path,
@@ -388,7 +388,8 @@ class CellzooCLI:
         --quick matches checkpoints trained with quick.yaml. A `.onnx` checkpoint (the `model.onnx` of the
         bundle's bioimage.io package, `cellzoo export-bioimageio`) runs in onnxruntime on the CPU instead of
         PyTorch. An output folder that already holds predictions is refused unless --overwrite (which
-        replaces the files of the same names). --set "{task: cells, inputs: [DIC]}" sets keys of inference.yaml (values are data).
+        replaces the files of the same names). --set "{task: cells, inputs: [DIC]}" sets keys of
+        inference.yaml (values are data).
         """
         from cellzoo.bundles import run_config
         from cellzoo.inference import is_onnx
@@ -481,9 +482,8 @@ class CellzooCLI:
             raise InputError(f"{target / str(bundle)} already exists; pass --overwrite to replace it")
         quick = _flag(quick, "--quick")
         settings = _config_settings(set, bundle, "inference", quick)
-        paths = {}
-        _run_with_fit_hint(lambda: paths.update(export_bioimageio(bundle, checkpoint, target, quick=quick,
-                                                                  settings=settings)), bundle, quick, settings)
+        paths = _run_with_fit_hint(lambda: export_bioimageio(bundle, checkpoint, target, quick=quick, settings=settings),
+                                   bundle, quick, settings)
         print(f"package: {paths['zip']} (folder {paths['folder']})")
         if _flag(validate, "--validate"):
             summary = test_package(paths["zip"])

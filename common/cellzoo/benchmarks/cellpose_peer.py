@@ -6,11 +6,11 @@ Cellpose-SAM, a ViT-L, out of reach of a CPU) beside the project, not as a depen
 
 Sized as the bundles' quick configs are (`Rule`): cellpose's U-Net with its first three levels at half width
 (16, 32, 64 channels instead of 32, 64, 128; the last keeps 256, the style size cellpose's eval assumes) on
-128-px crops (MEDIAR quick's). At its own size (224-px crops) one batch of 8 took 18 s on one contended CPU
-thread, so the 10-minute guard would stop it after about 30 iterations; this size takes 1.9 s. Masks are kept
-whatever their flow error (`flow_threshold` 0, as MEDIAR quick: a network trained for minutes predicts flows
-too weak for the 0.4 check, which discarded most masks of a cellpose trained for 40 iterations: test F1 0.10
-against 0.34 without it).
+128-px crops (MEDIAR quick's). At its own size (224-px crops) one training step of 8 crops takes 11.1 s on
+one CPU thread, so the 10-minute guard would stop it after about 54 steps; this size takes 1.4 s
+(`scripts/benchmark_cellpose_peer.py`, docs/benchmarks.md). Masks are kept whatever their flow error
+(`flow_threshold` 0), for the reason MEDIAR's quick.yaml gives: a network trained for minutes predicts
+flows too weak for cellpose's 0.4 check, which then discards its masks.
 
 It behaves as a study of the benchmark (same files, so `label_efficiency` collects it like a bundle): on the
 CellSeg layout of a task, the same test items (`split_test`), the same nested training sets per seed
@@ -164,7 +164,8 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
     items = json.dumps([e["name"] for e in entries])
     code = (f"import json; from cellzoo.benchmarks.cellpose_peer import Rule, train_worker; "
             f"train_worker({str(data)!r}, json.loads({items!r}), {str(folder)!r}, {seed}, Rule(**{rule.__dict__!r}))")
-    started, best, best_epoch, bad, rows, reason = time.perf_counter(), -1.0, None, 0, [], f"max_epochs {rule.max_epochs} reached"
+    started, best, bad, rows = time.perf_counter(), None, 0, []
+    reason = f"max_epochs {rule.max_epochs} reached"
     with open(folder / "train.log", "w") as log:
         worker = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=_environment())
     try:
@@ -178,8 +179,8 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
             samples = (epoch + 1) * rule.nimg_per_epoch  # train_seg saves after training epoch `epoch` (from 0)
             # the curve in the bundles' columns (cellzoo.engines.Convergence): one batch per epoch
             rows.append({"iteration": samples // rule.batch_size, "epoch": epoch + 1, "val_metric": score})
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
+            if best is None or score > best["val_metric"]:  # the first of equals is kept
+                best, bad = rows[-1], 0
             elif samples >= rule.min_samples:
                 bad += 1
             minutes = (time.perf_counter() - started) / 60
@@ -195,11 +196,10 @@ def train_with_rule(data: Path, entries: list[dict], folder: Path, seed: int, ru
         worker.wait()
     write_csv(rows, folder / "training_curve.csv", CURVE_COLUMNS)
     minutes = (time.perf_counter() - started) / 60
-    best_row = max(rows, key=lambda row: row["val_metric"])  # the first of equals, as `best` was kept
-    write_summary(folder, reason, rows[-1]["iteration"], minutes, "val_f1", best_row, rows[-1])
+    write_summary(folder, reason, rows[-1]["iteration"], minutes, "val_f1", best, rows[-1])
     model = folder / "model"
-    os.replace(_snapshot(folder, best_epoch), model)
-    print(f"cellpose seed {seed}, N={len(entries)}: {reason}; best val F1 {best:.4f} at epoch {best_epoch}, "
+    os.replace(_snapshot(folder, best["epoch"] - 1), model)  # train_seg numbers its snapshots from epoch 0
+    print(f"cellpose seed {seed}, N={len(entries)}: {reason}; best val F1 {best['val_metric']:.4f} at epoch {best['epoch']}, "
           f"stopped at epoch {rows[-1]['epoch']} after {minutes:.1f} min", file=sys.stderr, flush=True)
     return model
 

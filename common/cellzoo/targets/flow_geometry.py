@@ -15,7 +15,6 @@ import torch
 from monai.transforms import MapTransform, RandomizableTransform
 
 
-
 def flip_flows(flows: np.ndarray, spatial_axis: int) -> np.ndarray:
     """Flip a (2, H, W) flow field along spatial axis 0 (y) or 1 (x), negating that component."""
     out = np.flip(flows, axis=1 + spatial_axis).copy()

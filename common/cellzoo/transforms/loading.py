@@ -62,8 +62,10 @@ class LoadImagesd(MapTransform):
             planes = [read_channels(path, self.labels) for path in paths]
             for path, plane in zip(paths, planes):
                 if self.plane_channels is not None and plane.shape[0] != self.plane_channels:
+                    remedy = "give one grey plane per file" if self.plane_channels == 1 else \
+                        f"give {self.plane_channels}-channel files"
                     raise InputError(f"expected {self.plane_channels} channel(s) per image file, got "
-                                     f"{plane.shape[0]} (shape {plane.shape}): give one grey plane per file", path)
+                                     f"{plane.shape[0]} (shape {plane.shape}): {remedy}", path)
             shapes = {plane.shape[1:] for plane in planes}
             if len(shapes) != 1:
                 raise InputError(f"the planes of one item differ in size: {sorted(shapes)}", paths[0])

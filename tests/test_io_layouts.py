@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cellzoo.errors import InputError
 from cellzoo.io import (
     assign_folds,
@@ -20,14 +19,16 @@ from cellzoo.io import (
     read_coco,
     read_ctc,
     read_ctc_tracks,
+    read_image,
+    read_labelfree_fields,
+    read_lightmycells,
     select_items,
     split_items,
     write_datalist,
     write_image,
     write_png,
 )
-from cellzoo.methods.isl import read_isl, select_channels
-from cellzoo.methods.unetr import read_lightmycells
+from cellzoo.methods.isl import select_channels
 
 
 def touch_image(path: Path, shape: tuple[int, ...] = (6, 8), value: int = 1) -> Path:
@@ -423,7 +424,7 @@ def make_isl_field(folder: Path, with_labels: bool = True) -> None:
 
 def test_read_isl_single_field(tmp_path):
     make_isl_field(tmp_path)
-    (entry,) = read_isl(tmp_path)
+    (entry,) = read_labelfree_fields(tmp_path)
     assert entry["name"] == tmp_path.name
     assert list(entry["inputs"]) == ["BRIGHTFIELD_z0", "BRIGHTFIELD_z1", "BRIGHTFIELD_z10", "PHASE_CONTRAST"]
     assert entry["inputs"]["PHASE_CONTRAST"] == str(tmp_path / "input_PHASE_CONTRAST.tif")
@@ -438,12 +439,12 @@ def test_read_isl_multi_field(tmp_path):
     make_isl_field(tmp_path / "field_b", with_labels=False)
     make_isl_field(tmp_path / "field_a")
     (tmp_path / "empty_folder").mkdir()
-    entries = read_isl(tmp_path, n_folds=2)
+    entries = read_labelfree_fields(tmp_path, n_folds=2)
     assert [e["name"] for e in entries] == ["field_a", "field_b"]
     assert entries[1]["labels"] == {} and len(entries[1]["targets"]) == 2
     assert sorted(e["fold"] for e in entries) == [0, 1]
-    with pytest.raises(InputError, match="not an ISL layout"):
-        read_isl(tmp_path / "empty_folder")
+    with pytest.raises(InputError, match="not a label-free fields"):
+        read_labelfree_fields(tmp_path / "empty_folder")
 
 
 def test_select_channels():
@@ -454,3 +455,80 @@ def test_select_channels():
         select_channels(names, ["DIC"])
     with pytest.raises(InputError, match="matches several"):
         select_channels(names, ["BRIGHTFIELD"])
+
+
+# ---------------------------------------------------------------- writers: each layout's writer feeds its reader
+
+
+def _field(seed: int, shape=(24, 20)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint16)
+    labels[2:8, 3:9], labels[12:20, 10:18] = 1, 2
+    return rng.integers(0, 4000, shape).astype(np.uint16), labels
+
+
+def test_cellseg_writer_round_trips_through_its_reader(tmp_path):
+    from cellzoo.io.layouts import write_cellseg_item
+
+    image, labels = _field(0)
+    write_cellseg_item(tmp_path, "a", image, labels)
+    write_cellseg_item(tmp_path, "b", np.dstack([image.astype(np.uint8)] * 3), None, ".png")
+    a, b = read_cellseg(tmp_path, n_folds=1)
+    assert (a["name"], b["name"], "label" in b) == ("a", "b", False)
+    assert np.array_equal(read_image(a["image"])[0], image) and np.array_equal(read_image(a["label"])[0], labels)
+    assert read_image(b["image"])[0].shape == (24, 20, 3)
+
+
+def test_ctc_writer_round_trips_through_its_reader(tmp_path):
+    from cellzoo.io.layouts import tra_markers, write_ctc_frame, write_ctc_tracks
+
+    image, labels = _field(1)
+    for t in range(3):
+        write_ctc_frame(tmp_path, "01", t, image, "YX", gold=labels if t == 0 else None, silver=labels,
+                        markers=tra_markers(labels))
+    write_ctc_tracks(tmp_path, "01", [(1, 0, 2, 0), (2, 1, 2, 1)])
+    entries = read_ctc(tmp_path, n_folds=1)
+    assert [(e["name"], e["label_source"]) for e in entries] == [("01_t000", "GT"), ("01_t001", "ST"), ("01_t002", "ST")]
+    assert read_ctc_tracks(tmp_path / "01_GT" / "TRA" / "man_track.txt") == [(1, 0, 2, 0), (2, 1, 2, 1)]
+    markers = read_image(entries[0]["tra"])[0]
+    assert set(np.unique(markers)) == {0, 1, 2} and (markers > 0).sum() < (labels > 0).sum()  # inside the cells
+
+
+def test_coco_writer_round_trips_through_its_reader(tmp_path):
+    from cellzoo.io.coco import write_coco_json
+    from cellzoo.io.layouts import write_coco_image
+
+    image, labels = _field(2)
+    record = write_coco_image(tmp_path, 5, "x.tif", image)
+    write_coco_json(tmp_path / "annotations.json", [record], label_image_to_coco(labels, 5), description="test")
+    (entry,) = read_coco(tmp_path / "annotations.json", n_folds=1)
+    assert (entry["name"], entry["height"], entry["width"], len(entry["annotations"])) == ("x", 24, 20, 2)
+    assert np.array_equal(coco_to_label_image(entry["annotations"], 24, 20), labels)
+    assert json.loads((tmp_path / "annotations.json").read_text())["info"] == {"description": "test"}
+
+
+def test_lightmycells_writer_round_trips_and_is_byte_identical_with_a_seed(tmp_path):
+    from cellzoo.io.layouts import write_lightmycells_image
+
+    image, _ = _field(3)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        write_lightmycells_image(root, "Study_2", 7, "BF", [image, image + 1], {"Actin": image + 2}, uuid_seed=4)
+    (entry,) = read_lightmycells(tmp_path / "a", organelle="Actin", n_folds=1)
+    assert (entry["name"], entry["modality"], entry["z"]) == ("Study_2_image_7", "BF", [0, 1])
+    assert np.array_equal(read_image(entry["label"])[0], image + 2)
+    first, second = (sorted((root / "Study_2").iterdir()) for root in (tmp_path / "a", tmp_path / "b"))
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    with pytest.raises(InputError, match="unknown organelle 'DNA'"):
+        write_lightmycells_image(tmp_path / "c", "Study_1", 1, "BF", [image], {"DNA": image})
+
+
+def test_labelfree_field_writer_round_trips_through_its_reader(tmp_path):
+    from cellzoo.io.layouts import write_labelfree_field
+
+    image, labels = _field(4)
+    write_labelfree_field(tmp_path, "field_1", {"PLANE_z0": image, "PLANE_z1": image}, {"DAPI": image + 1},
+                          {"nuclei": labels})
+    (entry,) = read_labelfree_fields(tmp_path, n_folds=1)
+    assert (entry["name"], list(entry["inputs"]), list(entry["targets"]), list(entry["labels"])) == (
+        "field_1", ["PLANE_z0", "PLANE_z1"], ["DAPI"], ["nuclei"])
+    assert np.array_equal(read_image(entry["labels"]["nuclei"])[0], labels)

@@ -18,7 +18,8 @@ from cellzoo.io import (
     read_labels,
     to_channel_first,
 )
-from cellzoo.methods.isl import read_isl, select_channels
+from cellzoo.io import read_labelfree_fields
+from cellzoo.methods.isl import select_channels
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
@@ -85,7 +86,7 @@ def test_coco_derived_reproduces_source_labels(json_name):
 
 def test_isl_labelfree():
     root = dataset("isl_labelfree")
-    (entry,) = read_isl(root)
+    (entry,) = read_labelfree_fields(root)
     assert list(entry["inputs"]) == ["phase_z0", "phase_z6", "phase_z12"]
     assert sorted(entry["targets"]) == ["maxproj_DAPI_CONFOCAL", "maxproj_MAP2_CONFOCAL", "maxproj_NFH_CONFOCAL"]
     assert entry["labels"] == {}

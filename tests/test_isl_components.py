@@ -13,7 +13,7 @@ from skimage.draw import disk
 
 from cellzoo.engines import transfer_weights
 from cellzoo.errors import InputError
-from cellzoo.io import read_image
+from cellzoo.io import read_image, read_labelfree_fields
 from cellzoo.methods.isl import (
     DistanceMaskLoss,
     DistanceToInstancesd,
@@ -25,7 +25,6 @@ from cellzoo.methods.isl import (
     hmax_seeds,
     isl_network,
     nuclei_to_instances,
-    read_isl,
     select_channels,
 )
 from cellzoo.metrics import evaluate_instances, instance_scores
@@ -326,7 +325,7 @@ def test_nuclei_to_instances_split():
 
 def test_select_channels_on_synthetic_isl(tmp_path):
     root = synthesize("isl", 1, tmp_path / "isl", seed=1, size=(64, 64))
-    entry = read_isl(root)[0]
+    entry = read_labelfree_fields(root)[0]
     names = list(entry["inputs"])
     wanted = ["BRIGHTFIELD_z0", "BRIGHTFIELD_z1", "PHASE_CONTRAST"]
     chosen = select_channels(names, wanted)

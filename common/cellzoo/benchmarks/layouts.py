@@ -9,18 +9,25 @@
 | `lightmycells` | UNETR | Study_1/image_<name>_PC_z<k>.ome.tiff + image_<name>_Nucleus.ome.tiff |
 
 A LightMyCells item is named Study_1_image_<id>, so label-free samples are written under that name in the
-ISL layout too.
+ISL layout too. Files are written by the layouts' own writers (`cellzoo.io.layouts`); this module decides only
+which samples go where.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from cellzoo.benchmarks.samples import LabelFreeSample, NucleusSample
 from cellzoo.errors import InputError
-from cellzoo.io import label_image_to_coco, write_ome_tiff, write_text, write_tiff
+from cellzoo.io import label_image_to_coco, write_tiff
+from cellzoo.io.coco import write_coco_json
+from cellzoo.io.layouts import (
+    write_cellseg_item,
+    write_coco_image,
+    write_labelfree_field,
+    write_lightmycells_image,
+)
 
 __all__ = ["LAYOUTS", "LIGHTMYCELLS_STUDY", "item_name", "write_layout"]
 
@@ -60,42 +67,33 @@ def write_layout(layout: str, labelled: Sequence, out: str | Path, unlabelled: S
 
 def _write_cellseg(labelled: Sequence[NucleusSample], unlabelled: Sequence[NucleusSample], out: Path) -> None:
     for sample in labelled:
-        write_tiff(out / "images" / f"{sample.name}.tif", sample.image, "YX")
-        write_tiff(out / "labels" / f"{sample.name}_label.tiff", sample.labels, "YX")
+        write_cellseg_item(out, sample.name, sample.image, sample.labels)
     for sample in unlabelled:
-        write_tiff(out / "images" / f"{sample.name}.tif", sample.image, "YX")
+        write_cellseg_item(out, sample.name, sample.image)
 
 
 def _write_coco(labelled: Sequence[NucleusSample], unlabelled: Sequence[NucleusSample], out: Path) -> None:
     images, annotations = [], []
     for image_id, sample in enumerate(labelled, start=1):
-        write_tiff(out / "images" / f"{sample.name}.tif", sample.image, "YX")
-        images.append({"id": image_id, "file_name": f"{sample.name}.tif", "height": int(sample.image.shape[0]),
-                       "width": int(sample.image.shape[1])})
+        images.append(write_coco_image(out, image_id, f"{sample.name}.tif", sample.image))
         annotations += label_image_to_coco(sample.labels, image_id, start_ann_id=len(annotations) + 1)
-    document = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}]}
-    write_text(out / "annotations.json", json.dumps(document))
-    for sample in labelled + unlabelled:  # MoCo's images: every image, labels unused
+    write_coco_json(out / "annotations.json", images, annotations)
+    for sample in labelled + unlabelled:  # MoCo's images: a plain folder of every image, labels unused
         write_tiff(out.parent / f"{out.name}_unlabelled" / f"{sample.name}.tif", sample.image, "YX")
 
 
 def _write_isl_nuclei(labelled: Sequence[NucleusSample], unlabelled: Sequence[NucleusSample], out: Path) -> None:
     for sample in labelled:
-        write_tiff(out / sample.name / f"input_{FLUORESCENCE_INPUT}.tif", sample.image, "YX")
-        write_tiff(out / sample.name / "label_nuclei.tif", sample.labels, "YX")
+        write_labelfree_field(out, sample.name, {FLUORESCENCE_INPUT: sample.image}, labels={"nuclei": sample.labels})
 
 
 def _write_isl_labelfree(samples: Sequence[LabelFreeSample], out: Path) -> None:
     for sample in samples:
-        field = out / item_name(sample.name, "labelfree")
-        for k, plane in enumerate(sample.planes):
-            write_tiff(field / f"input_{PLANE_INPUT}{k}.tif", plane, "YX")
-        write_tiff(field / "target_DAPI.tif", sample.target, "YX")
+        planes = {f"{PLANE_INPUT}{k}": plane for k, plane in enumerate(sample.planes)}
+        write_labelfree_field(out, item_name(sample.name, "labelfree"), planes, {"DAPI": sample.target})
 
 
 def _write_lightmycells(samples: Sequence[LabelFreeSample], out: Path) -> None:
-    study = out / LIGHTMYCELLS_STUDY
     for sample in samples:
-        for k, plane in enumerate(sample.planes):
-            write_ome_tiff(study / f"image_{sample.name}_PC_z{k}.ome.tiff", plane, "YX")
-        write_ome_tiff(study / f"image_{sample.name}_Nucleus.ome.tiff", sample.target, "YX")
+        write_lightmycells_image(out, LIGHTMYCELLS_STUDY, sample.name, "PC", list(sample.planes),
+                                 {"Nucleus": sample.target})

@@ -1,7 +1,18 @@
 """Image, label and datalist input/output with explicit axes, file naming, COCO conversion and dataset layouts."""
 
-from cellzoo.io.coco import annotation_to_mask, coco_to_label_image, label_image_to_coco, load_coco_json
-from cellzoo.io.datalist import assign_folds, load_datalist, select_items, split_items, write_datalist
+from cellzoo.io.coco import (
+    annotation_to_mask,
+    coco_to_label_image,
+    label_image_to_coco,
+    load_coco_json,
+)
+from cellzoo.io.datalist import (
+    assign_folds,
+    load_datalist,
+    select_items,
+    split_items,
+    write_datalist,
+)
 from cellzoo.io.files import (
     IMAGE_SUFFIXES,
     file_stem,
@@ -24,7 +35,14 @@ from cellzoo.io.images import (
     write_png,
     write_tiff,
 )
-from cellzoo.io.layouts import read_cellseg, read_coco, read_ctc, read_ctc_tracks
+from cellzoo.io.layouts import (
+    read_cellseg,
+    read_coco,
+    read_ctc,
+    read_ctc_tracks,
+    read_labelfree_fields,
+    read_lightmycells,
+)
 from cellzoo.io.validate import (
     check_dir,
     check_finite,
@@ -59,6 +77,8 @@ __all__ = [
     "read_coco",
     "read_ctc",
     "read_ctc_tracks",
+    "read_labelfree_fields",
+    "read_lightmycells",
     "read_image",
     "read_labels",
     "select_items",

@@ -149,13 +149,15 @@ def boxes_to_coco(boxes, image_id: int, scores=None, start_ann_id: int = 1, cate
 
 
 def write_coco_json(path: str | Path, images: list[dict], annotations: list[dict],
-                    categories: list[dict] | None = None) -> Path:
-    """Write a COCO dataset file (images, annotations, categories; default one category "cell"), atomically."""
+                    categories: list[dict] | None = None, description: str | None = None) -> Path:
+    """Write a COCO dataset file (images, annotations, categories; default one category "cell"), atomically;
+    `description` goes in its "info" record."""
     import json
 
     from cellzoo.io.files import write_text
 
-    document = {"images": images, "annotations": annotations,
+    info = {"info": {"description": description}} if description is not None else {}
+    document = {**info, "images": images, "annotations": annotations,
                 "categories": categories if categories is not None else [{"id": 1, "name": "cell"}]}
     return write_text(path, json.dumps(document, indent=1) + "\n")
 

@@ -193,6 +193,12 @@ def _reorder(array: np.ndarray, axes: str, order: list[str] | str) -> tuple[np.n
 # ---------------------------------------------------------------- writing
 
 
+def as_label_dtype(labels: np.ndarray) -> np.ndarray:
+    """Instance labels as uint16, the layouts' label type, unless their ids need more bits."""
+    labels = np.asarray(labels)
+    return labels.astype(np.uint16) if labels.size == 0 or (labels.min() >= 0 and labels.max() < 2**16) else labels
+
+
 def write_image(path: str | Path, array: np.ndarray, axes: str) -> Path:
     """Write an image atomically, choosing the format from the file suffix."""
     path = Path(path)

@@ -1,18 +1,27 @@
-"""Writers of synthetic data sets in the on-disk layouts of CellSeg, CTC, LIVECell, LightMyCells and ISL."""
+"""Synthetic data sets rendered field by field and written in the on-disk layouts of CellSeg, CTC, LIVECell,
+LightMyCells and ISL, through the layouts' own writers (`cellzoo.io.layouts`)."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from cellzoo.errors import InputError
 from cellzoo.io.coco import label_image_to_coco
-from cellzoo.io.images import read_image, write_ome_tiff, write_png, write_tiff
+from cellzoo.io.images import read_image
+from cellzoo.io.layouts import (
+    frame_digits,
+    tra_markers,
+    write_cellseg_item,
+    write_coco_image,
+    write_ctc_frame,
+    write_ctc_tracks,
+    write_labelfree_field,
+    write_lightmycells_image,
+)
 from cellzoo.synthetic.objects import write_objects
 from cellzoo.synthetic.optics import render_field
 from cellzoo.synthetic.shapes import DENSITIES
@@ -41,11 +50,6 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def write_ome(path: Path, arr: np.ndarray, axes: str, seed: int) -> None:
-    """OME-TIFF whose UUID derives from seed and name, so equal seeds give byte-identical files."""
-    write_ome_tiff(path, arr, axes, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cellzoo-synthetic/{seed}/{path.name}")))
-
-
 def pick_density(rng: np.random.Generator, density: str | float | None) -> str | float:
     """The given density, or a random preset so a data set spans sparse to confluent fields."""
     return density if density is not None else str(rng.choice(list(DENSITIES)))
@@ -72,51 +76,30 @@ def write_cellseg(out: Path, n: int, seed: int, size: tuple[int, int],
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density), pick_radius(rng, cell_radius),
                          (render,))
         img = f["images"][render]
-        name = f"cell_{i:05d}"
-        if mod == "brightfield":
-            write_png(out / "images" / f"{name}.png", to_uint8(img))
-        elif mod in ("phase", "dic"):
-            write_tiff(out / "images" / f"{name}.tif", to_uint8(img), "YX")
-        else:
-            write_tiff(out / "images" / f"{name}.tif", to_uint16(img), "YX")
+        # transmitted light as 8 bits (brightfield stained RGB, as PNG), fluorescence as 16 bits
+        image = to_uint8(img) if mod in ("brightfield", "phase", "dic") else to_uint16(img)
         # nuclear stains show nuclei only, so their instances are nuclei; every other modality shows cells
         lab = f["labels_nuclei"] if mod == "nuclear" else f["labels_cells"]
-        write_tiff(out / "labels" / f"{name}_label.tiff", lab.astype(np.uint16), "YX")
+        write_cellseg_item(out, f"cell_{i:05d}", image, lab, ".png" if mod == "brightfield" else ".tif")
 
 
 # ---------------------------------------------------------------- ctc
-
-def tra_markers(labels: np.ndarray) -> np.ndarray:
-    """CTC tracking markers: each label eroded by about 2 px in-plane; tiny ones kept whole so none vanish."""
-    size = (1, 5, 5) if labels.ndim == 3 else (5, 5)
-    inner = ndimage.minimum_filter(labels, size) == ndimage.maximum_filter(labels, size)
-    out = np.where(inner, labels, 0)
-    lost = np.setdiff1d(np.unique(labels), np.unique(out))
-    keep = np.isin(labels, lost)
-    out[keep] = labels[keep]
-    return out.astype(np.uint16)
-
 
 def write_ctc(out: Path, n: int, seed: int, size: tuple[int, int], n_sequences: int = 1, depth: int | None = None,
               gt_every: int = 3, density: str | float = "medium", cell_radius: tuple[float, float] = (10, 18)) -> None:
     """Cell Tracking Challenge: 0s/tTTT.tif, 0s_GT/SEG (every gt_every-th frame), 0s_ST/SEG, 0s_GT/TRA."""
     if n_sequences not in (1, 2) or gt_every < 1:
         raise InputError(f"ctc needs n_sequences in (1, 2) and gt_every >= 1, got {n_sequences}, {gt_every}")
-    digits = 3 if n <= 1000 else 4
     axes = "ZYX" if depth else "YX"
     for s in range(1, n_sequences + 1):
         seq = f"{s:02d}"
         tl = render_timelapse(size, n, child_seed(seed, s), density, cell_radius, depth, ("nuclear",))
         for t in range(n):
-            tt = f"{t:0{digits}d}"
             lab = tl["labels_nuclei"][t].astype(np.uint16)
-            write_tiff(out / seq / f"t{tt}.tif", to_uint16(tl["images"]["nuclear"][t]), axes)
-            write_tiff(out / f"{seq}_ST" / "SEG" / f"man_seg{tt}.tif", lab, axes)
-            if t % gt_every == 0:  # gold-truth segmentation exists for a subset of frames only, as in CTC
-                write_tiff(out / f"{seq}_GT" / "SEG" / f"man_seg{tt}.tif", lab, axes)
-            write_tiff(out / f"{seq}_GT" / "TRA" / f"man_track{tt}.tif", tra_markers(lab), axes)
-        lines = "".join(f"{L} {B} {E} {P}\n" for L, B, E, P in tl["tracks"])
-        (out / f"{seq}_GT" / "TRA" / "man_track.txt").write_text(lines)
+            # gold-truth segmentation exists for a subset of frames only, as in CTC; silver for every frame
+            write_ctc_frame(out, seq, t, to_uint16(tl["images"]["nuclear"][t]), axes, frame_digits(n),
+                            gold=lab if t % gt_every == 0 else None, silver=lab, markers=tra_markers(lab))
+        write_ctc_tracks(out, seq, tl["tracks"])
 
 
 # ---------------------------------------------------------------- coco
@@ -130,10 +113,8 @@ def write_coco(out: Path, n: int, seed: int, size: tuple[int, int], density: str
         rng = np.random.default_rng(child_seed(seed, i))
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density),
                          pick_radius(rng, cell_radius), ("phase",))
-        name = f"SYNTH_Phase_{i:05d}.tif"
-        write_tiff(out / "images" / name, to_uint8(f["images"]["phase"]), "YX")
-        splits.add({"id": i, "file_name": name, "width": size[1], "height": size[0]},
-                   label_image_to_coco(f["labels_cells"], i, start_ann_id=splits.next_ann_id))
+        record = write_coco_image(out, i, f"SYNTH_Phase_{i:05d}.tif", to_uint8(f["images"]["phase"]))
+        splits.add(record, label_image_to_coco(f["labels_cells"], i, start_ann_id=splits.next_ann_id))
     splits.write(out, "cellzoo synthetic phase contrast", [{"id": 1, "name": "cell"}])
 
 
@@ -170,11 +151,9 @@ def write_lightmycells(out: Path, n: int, seed: int, size: tuple[int, int], n_pl
         # the extra last plane at dz=0 gives in-focus targets while inputs span the focal series
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density),
                          pick_radius(rng, cell_radius), mods, (*dzs, 0.0))
-        folder = out / f"Study_{study + 1}"
-        for k in range(n_planes):
-            write_ome(folder / f"image_{i}_{code}_z{k}.ome.tiff", to_uint16(f["images"][mods[0]][k]), "YX", seed)
-        for o in sets[i - 1]:
-            write_ome(folder / f"image_{i}_{o}.ome.tiff", to_uint16(f["images"][LMC_TARGETS[o]][-1]), "YX", seed)
+        planes = [to_uint16(f["images"][mods[0]][k]) for k in range(n_planes)]
+        targets = {o: to_uint16(f["images"][LMC_TARGETS[o]][-1]) for o in sets[i - 1]}
+        write_lightmycells_image(out, f"Study_{study + 1}", i, code, planes, targets, uuid_seed=seed)
 
 
 # ---------------------------------------------------------------- isl
@@ -187,15 +166,11 @@ def write_isl(out: Path, n: int, seed: int, size: tuple[int, int], dz: float = 1
         f = render_field(size, child_seed(seed, i, 1), None, pick_density(rng, density),
                          pick_radius(rng, cell_radius), ("nuclear", "membrane", "brightfield", "phase", "dic"),
                          (-float(dz), float(dz), 0.0))
-        im = f["images"]
-        files = {"input_BRIGHTFIELD_z0": im["brightfield"][0], "input_BRIGHTFIELD_z1": im["brightfield"][1],
-                 "input_PHASE_CONTRAST": im["phase"][2], "input_DIC": im["dic"][2],
-                 "target_DAPI": im["nuclear"][2], "target_CELLMASK": im["membrane"][2]}
-        folder = out / f"field_{i:03d}"
-        for name, img in files.items():
-            write_tiff(folder / f"{name}.tif", to_uint16(img), "YX")
-        write_tiff(folder / "label_nuclei.tif", f["labels_nuclei"].astype(np.uint16), "YX")
-        write_tiff(folder / "label_cells.tif", f["labels_cells"].astype(np.uint16), "YX")
+        im = {key: to_uint16(stack) for key, stack in f["images"].items()}
+        inputs = {"BRIGHTFIELD_z0": im["brightfield"][0], "BRIGHTFIELD_z1": im["brightfield"][1],
+                  "PHASE_CONTRAST": im["phase"][2], "DIC": im["dic"][2]}
+        write_labelfree_field(out, f"field_{i:03d}", inputs, {"DAPI": im["nuclear"][2], "CELLMASK": im["membrane"][2]},
+                              {"nuclei": f["labels_nuclei"], "cells": f["labels_cells"]})
 
 
 # ---------------------------------------------------------------- entry point

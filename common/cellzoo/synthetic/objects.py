@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.draw import ellipse, polygon
 
 from cellzoo.io.coco import label_image_to_coco
-from cellzoo.io.images import write_png
+from cellzoo.io.layouts.coco import write_coco_image
 from cellzoo.synthetic.splits import CocoSplits, child_seed
 
 __all__ = ["OBJECT_CATEGORIES", "render_objects", "write_objects"]
@@ -126,10 +126,10 @@ def write_objects(out: Path, n: int, seed: int, size: tuple[int, int], n_objects
     for i in range(1, n + 1):
         img, labels, categories = render_objects(size, child_seed(seed, i), tuple(n_objects), tuple(radius))
         name = f"object_{i:05d}.png"
-        write_png(out / "images" / name, np.round(img * 255).astype(np.uint8))
+        record = write_coco_image(out, i, name, np.round(img * 255).astype(np.uint8))
         anns = label_image_to_coco(labels, i, start_ann_id=splits.next_ann_id)
         for a in anns:
             a["category_id"] = categories[a["label"]]
-        splits.add({"id": i, "file_name": name, "width": size[1], "height": size[0]}, anns)
+        splits.add(record, anns)
     splits.write(out, "cellzoo synthetic textured shapes",
                  [{"id": k, "name": name} for k, name in enumerate(OBJECT_CATEGORIES, start=1)])

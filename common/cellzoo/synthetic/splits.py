@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from cellzoo.io.coco import write_coco_json
 
 __all__ = ["CocoSplits", "child_seed", "split_counts"]
 
@@ -44,7 +45,5 @@ class CocoSplits:
 
     def write(self, out: Path, description: str, categories: list[dict]) -> None:
         for part, items in self.parts.items():
-            doc = {"info": {"description": f"{description} ({part})"},
-                   "images": [image for image, _ in items], "annotations": [a for _, anns in items for a in anns],
-                   "categories": categories}
-            (out / f"coco_{part}.json").write_text(json.dumps(doc))
+            write_coco_json(out / f"coco_{part}.json", [image for image, _ in items],
+                            [a for _, anns in items for a in anns], categories, f"{description} ({part})")

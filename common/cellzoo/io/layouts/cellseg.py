@@ -1,13 +1,21 @@
-"""NeurIPS 2022 Cell Segmentation challenge layout: images/<stem>.* + labels/<stem>_label.tiff."""
+"""NeurIPS 2022 Cell Segmentation challenge layout: images/<stem>.* + labels/<stem>_label.tiff (read and write)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
 from cellzoo.io.files import file_stem
-from cellzoo.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
+from cellzoo.io.images import (
+    RASTER_SUFFIXES,
+    TIFF_SUFFIXES,
+    as_label_dtype,
+    write_image,
+    write_tiff,
+)
 from cellzoo.io.validate import check_dir
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES  # the challenge's 2D formats
@@ -46,3 +54,16 @@ def _find_label(labels_dir: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def write_cellseg_item(root: str | Path, name: str, image: np.ndarray, labels: np.ndarray | None = None,
+                       image_suffix: str = ".tif") -> Path:
+    """Write one image as images/<name><image_suffix> (format by suffix; RGB as YXC) and its instance labels
+    as labels/<name>_label.tiff; an image without labels is unlabelled. Returns the image path."""
+    root = Path(root)
+    image = np.asarray(image)
+    path = write_image(root / "images" / f"{name}{image_suffix}", image, "YXC" if image.ndim == 3 else "YX")
+    if labels is not None:
+        write_tiff(root / "labels" / f"{name}{LABEL_SUFFIXES[0]}", as_label_dtype(labels), "YX")
+    return path
+

@@ -1,13 +1,17 @@
-"""COCO / LIVECell layout: a COCO JSON and its images -> datalist entries with their annotations."""
+"""COCO / LIVECell layout: a COCO JSON and its images/ folder (read as datalist entries with their annotations,
+and written image by image)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cellzoo.errors import InputError
 from cellzoo.io.coco import load_coco_json
 from cellzoo.io.datalist import assign_folds
+from cellzoo.io.images import write_image
 
 IMAGE_KEYS = ("id", "file_name", "height", "width")
 
@@ -54,3 +58,11 @@ def _find_image(file_name: str, roots: list[Path], json_path: Path) -> Path:
             return root / file_name
     looked = ", ".join(str(root) for root in roots)
     raise InputError(f"image file '{file_name}' not found (looked in {looked})", json_path)
+
+
+def write_coco_image(root: str | Path, image_id: int, file_name: str, image: np.ndarray) -> dict:
+    """Write a 2D image (RGB as YXC) as images/<file_name>, format by suffix, and return its COCO image record;
+    the annotations and the JSON file (`cellzoo.io.coco.label_image_to_coco`, `write_coco_json`) are the caller's."""
+    image = np.asarray(image)
+    write_image(Path(root) / "images" / file_name, image, "YXC" if image.ndim == 3 else "YX")
+    return {"id": image_id, "file_name": file_name, "height": int(image.shape[0]), "width": int(image.shape[1])}

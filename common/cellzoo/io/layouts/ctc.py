@@ -1,12 +1,17 @@
-"""Cell Tracking Challenge layout: 01/t000.tif, 01_GT/SEG/man_seg000.tif, 01_ST/SEG, 01_GT/TRA."""
+"""Cell Tracking Challenge layout: 01/t000.tif, 01_GT/SEG/man_seg000.tif, 01_ST/SEG, 01_GT/TRA (read and write)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
+from cellzoo.io.files import write_text
+from cellzoo.io.images import as_label_dtype, write_tiff
 from cellzoo.io.validate import check_dir
 
 SEQUENCE_RE = re.compile(r"^\d{2}$")
@@ -121,3 +126,44 @@ def _parse_track_line(line: str, number: int, path: Path) -> tuple[int, int, int
             f"line {number}: expected 'L B E P' (4 non-negative integers, B <= E), got '{line.strip()}'", path
         )
     return values  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def frame_digits(n_frames: int) -> int:
+    """Digits of the frame numbers: tNNN, or tNNNN for sequences of more than 1000 frames, as the challenge does."""
+    return 3 if n_frames <= 1000 else 4
+
+
+def write_ctc_frame(root: str | Path, sequence: str, frame: int, image: np.ndarray, axes: str, digits: int = 3,
+                    gold: np.ndarray | None = None, silver: np.ndarray | None = None,
+                    markers: np.ndarray | None = None) -> Path:
+    """Write frame `frame` of sequence `sequence` (e.g. "01") with its gold (GT/SEG) and silver (ST/SEG)
+    segmentations and tracking markers (GT/TRA, see `tra_markers`) where given; returns the frame's path."""
+    root, t = Path(root), f"{frame:0{digits}d}"
+    path = write_tiff(root / sequence / f"t{t}.tif", image, axes)
+    for labels, folder, name in ((gold, "GT/SEG", "man_seg"), (silver, "ST/SEG", "man_seg"),
+                                 (markers, "GT/TRA", "man_track")):
+        if labels is not None:
+            kind, sub = folder.split("/")
+            write_tiff(root / f"{sequence}_{kind}" / sub / f"{name}{t}.tif", as_label_dtype(labels), axes)
+    return path
+
+
+def write_ctc_tracks(root: str | Path, sequence: str, tracks: list[tuple[int, int, int, int]]) -> Path:
+    """Write a sequence's man_track.txt: one "L B E P" line per track (label, first, last frame, parent)."""
+    lines = "".join(f"{label} {begin} {end} {parent}\n" for label, begin, end, parent in tracks)
+    return write_text(Path(root) / f"{sequence}_GT" / "TRA" / "man_track.txt", lines)
+
+
+def tra_markers(labels: np.ndarray) -> np.ndarray:
+    """Tracking markers from a segmentation: each label eroded by about 2 px in-plane, as the challenge's
+    TRA markers lie inside their cells; tiny labels are kept whole so that none vanishes."""
+    size = (1, 5, 5) if labels.ndim == 3 else (5, 5)
+    inner = ndimage.minimum_filter(labels, size) == ndimage.maximum_filter(labels, size)
+    out = np.where(inner, labels, 0)
+    lost = np.setdiff1d(np.unique(labels), np.unique(out))
+    keep = np.isin(labels, lost)
+    out[keep] = labels[keep]
+    return as_label_dtype(out)

@@ -1,8 +1,8 @@
-"""ISL (bundle `isl_segmentation`): the in silico labeling field layout, the network per task, its losses,
+"""ISL (bundle `isl_segmentation`): datalists of label-free fields, the network per task, its losses,
 data chains and post-processing."""
 
 from cellzoo.methods.isl.evaluation import write_field_instance_report
-from cellzoo.methods.isl.layout import isl_datalist, read_isl, select_channels
+from cellzoo.methods.isl.data import isl_datalist, select_channels
 from cellzoo.methods.isl.losses import DistanceMaskLoss, JaccardLoss
 from cellzoo.methods.isl.network import TASKS, ShiftedSigmoid, densenet_to_unet_keys, isl_network
 from cellzoo.methods.isl.postprocess import (
@@ -36,7 +36,6 @@ __all__ = [
     "isl_train_transforms",
     "isl_valid_transforms",
     "nuclei_to_instances",
-    "read_isl",
     "select_channels",
     "write_field_instance_report",
 ]

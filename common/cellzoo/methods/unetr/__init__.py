@@ -1,11 +1,10 @@
-"""UNETR for LightMyCells (bundle `unetr_lightmycells`): the LightMyCells layout, a 2D UNETR of any patch
+"""UNETR for LightMyCells (bundle `unetr_lightmycells`): LightMyCells datalists, a 2D UNETR of any patch
 size, its MAE pretraining with grid masking, the label-free -> organelle data chains, and the challenge's
 metrics."""
 
 from cellzoo.methods.unetr.augment import AUGMENTATIONS, RandGridMaskd, RandomPlaned, augmentation_chain, grid_mask
 from cellzoo.methods.unetr.data import BEST_FOCUS, best_focus, inference_items, lightmycells_items, plane_items
 from cellzoo.methods.unetr.intensity import Clahed, Denormalized, ZScored, clahe
-from cellzoo.methods.unetr.layout import read_lightmycells
 from cellzoo.methods.unetr.mae import (
     MASKING,
     GridMaskedAutoencoder,
@@ -59,7 +58,6 @@ __all__ = [
     "mae_to_unetr_keys",
     "plane_items",
     "prediction_path",
-    "read_lightmycells",
     "summarise_scores",
     "unetr_output_transforms",
     "unetr_predict_transforms",

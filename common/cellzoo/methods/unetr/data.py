@@ -1,6 +1,6 @@
 """LightMyCells datalists for the UNETR bundle: images (all their focal planes), single planes, inference inputs.
 
-`read_lightmycells` (`cellzoo.methods.unetr.layout`) gives one entry per (study, image id) with its focal planes ("image", a
+`cellzoo.io.read_lightmycells` gives one entry per (study, image id) with its focal planes ("image", a
 list) and organelle targets. Training draws a random plane of an entry per sample (`RandomPlaned`);
 validation, evaluation and inference score every plane on its own, as the challenge does (each test input
 is one plane at some focal offset from the best focus of its target).
@@ -16,7 +16,7 @@ import numpy as np
 
 from cellzoo.errors import InputError
 from cellzoo.io import check_training_items, list_images, read_image
-from cellzoo.methods.unetr.layout import INPUT_RE, ORGANELLES, STUDY_RE, read_lightmycells
+from cellzoo.io.layouts.lightmycells import INPUT_RE, ORGANELLES, STUDY_RE, read_lightmycells
 
 __all__ = ["BEST_FOCUS", "best_focus", "inference_items", "lightmycells_items", "plane_items"]
 

@@ -1,12 +1,17 @@
-"""LightMyCells challenge layout: Study_N/image_<id>_<BF|PC|DIC>_z<k>.ome.tiff + organelle targets."""
+"""LightMyCells challenge layout: Study_N/image_<id>_<BF|PC|DIC>_z<k>.ome.tiff + organelle targets (read and
+write)."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
+
+import numpy as np
 
 from cellzoo.errors import InputError
 from cellzoo.io.datalist import assign_folds
+from cellzoo.io.images import write_ome_tiff
 from cellzoo.io.validate import check_dir
 
 MODALITIES = ("BF", "PC", "DIC")
@@ -81,3 +86,24 @@ def _entry(study: Path, image_id: str, planes: list[tuple[int, str, Path]], targ
         "study": study.name,
         "name": f"{study.name}_image_{image_id}",
     }
+
+
+def write_lightmycells_image(root: str | Path, study: str, image_id: str | int, modality: str,
+                             planes: list[np.ndarray], targets: dict[str, np.ndarray],
+                             uuid_seed: int | None = None) -> list[Path]:
+    """Write one image of a study: its focal planes as image_<id>_<modality>_z<k>.ome.tiff and each organelle
+    target as image_<id>_<organelle>.ome.tiff, under root/<study>; returns the paths written.
+
+    `uuid_seed` derives each file's OME UUID from it and the file name (tifffile draws a random one), so equal
+    seeds give byte-identical files."""
+    _check_choice(modality, MODALITIES, "modality", Path(root))
+    for organelle in targets:
+        _check_choice(organelle, ORGANELLES, "organelle", Path(root))
+    folder = Path(root) / study
+    files = [(f"image_{image_id}_{modality}_z{k}.ome.tiff", plane) for k, plane in enumerate(planes)]
+    files += [(f"image_{image_id}_{organelle}.ome.tiff", target) for organelle, target in targets.items()]
+    return [write_ome_tiff(folder / name, array, "YX", uuid=_file_uuid(uuid_seed, name)) for name, array in files]
+
+
+def _file_uuid(seed: int | None, name: str) -> str | None:
+    return None if seed is None else str(uuid.uuid5(uuid.NAMESPACE_URL, f"cellzoo-synthetic/{seed}/{name}"))

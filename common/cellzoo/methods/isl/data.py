@@ -1,53 +1,12 @@
-"""In-silico labelling fields: input_<name>.* label-free planes, target_<name>.* stains, label_<name>.* masks."""
+"""The ISL bundle's datalists: label-free fields (`cellzoo.io.layouts.labelfree_fields`) with the input planes,
+target stain and label image a task asks for, picked by name pattern."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from cellzoo.errors import InputError
-from cellzoo.io.datalist import assign_folds
-from cellzoo.io.files import IMAGE_SUFFIXES, image_suffix
-from cellzoo.io.validate import check_dir
-
-ROLE_RE = re.compile(r"^(input|target|label)_(.+)$")
-# role prefix in the file name -> key in the entry
-ROLE_KEYS = {"input": "inputs", "target": "targets", "label": "labels"}
-
-
-def read_isl(root: str | Path, n_folds: int = 5, seed: int = 0) -> list[dict]:
-    """List ISL fields: root itself when it holds input_* files, else each subfolder that does."""
-    root = check_dir(root)
-    single = _field_entry(root)
-    if single["inputs"]:
-        entries = [single]
-    else:
-        entries = [_field_entry(p) for p in sorted(root.iterdir()) if p.is_dir()]
-        entries = [entry for entry in entries if entry["inputs"]]
-    if not entries:
-        raise InputError("not an ISL layout: no input_<name> images here or in any subfolder", root)
-    return assign_folds(entries, n_folds=n_folds, seed=seed)
-
-
-def _field_entry(folder: Path) -> dict:
-    return {"name": folder.name, **_field_files(folder)}
-
-
-def _field_files(folder: Path) -> dict[str, dict[str, str]]:
-    """Group a field's image files by role, keyed by the name after the role prefix."""
-    found: dict[str, dict[str, str]] = {key: {} for key in ROLE_KEYS.values()}
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        suffix = image_suffix(path)
-        match = ROLE_RE.match(path.name[: -len(suffix)]) if suffix in IMAGE_SUFFIXES else None
-        if match:
-            role, name = match.groups()
-            found[ROLE_KEYS[role]][name] = str(path.absolute())
-    return {key: dict(sorted(files.items(), key=lambda item: _natural_key(item[0]))) for key, files in found.items()}
-
-
-def _natural_key(name: str) -> list:
-    """Sort key that orders z2 before z10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+from cellzoo.io.layouts import read_labelfree_fields
 
 
 def select_channels(names: list[str], wanted: list[str]) -> list[str]:
@@ -76,7 +35,7 @@ def isl_datalist(
     "PHASE_CONTRAST"] or ["DIC"]); `target` picks one fluorescence image (e.g. "DAPI") and `label` one
     instance label image (e.g. "nuclei"); fields lacking the requested target or label are left out.
     """
-    entries = read_isl(root, n_folds=n_folds, seed=seed)
+    entries = read_labelfree_fields(root, n_folds=n_folds, seed=seed)
     out = []
     for entry in entries:
         item = {"name": entry["name"], "fold": entry["fold"]}

@@ -10,7 +10,10 @@ Each block is checked command by command, statically, against what the command c
 - `make T`: T is a target of the Makefile; `python -c CODE` / `python - <<EOF`: the code compiles and every
   name it imports from cellzoo exists.
 A command of any other program fails the check unless the block is marked, on the line before its fence,
-`<!-- doctest: not run (why) -->`. A block marked `<!-- doctest: run -->` is also executed (tests/test_docs_commands.py).
+`<!-- doctest: not run (why) -->`. A block marked `<!-- doctest: run -->` is also executed (tests/test_docs_commands.py);
+`<!-- doctest: run (DIR=cellseg, IMAGES=ctc/01, annotations.json=coco_train.json) -->` runs it with each
+placeholder replaced: by a tiny synthetic data set of that `cellzoo synth` layout (or a folder in it), or, when
+the value names no layout, by the value itself. Every block carries one of the two marks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "bundles").glob("*/docs/README.md")])
-MARK = re.compile(r"<!--\s*doctest:\s*(run|not run)\b[^>]*-->")
+MARK = re.compile(r"<!--\s*doctest:\s*(run|not run)\b([^>]*)-->")
 # programs a user runs that have nothing of cellzoo's to check (their own options are theirs)
 PLAIN_PROGRAMS = {"cd", "source", "find", "sha256sum", "mlflow", "pip", "ls", "cat", "git", "gh"}
 # options every monai.bundle run accepts besides config ids
@@ -38,6 +41,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     text: str
     mark: str | None  # "run", "not run" or None
+    placeholders: dict[str, str]  # a run block's NAME -> synthetic layout[/folder] or literal text
 
     @property
     def where(self) -> str:
@@ -51,10 +55,17 @@ def bash_blocks(path: Path) -> list[Block]:
             previous = next((lines[i] for i in range(number - 2, -1, -1) if lines[i].strip()), "")
             found = MARK.search(previous)
             start, mark = number, found.group(1) if found else None
+            placeholders = _placeholders(found.group(2)) if mark == "run" else {}
         elif start is not None and line.strip() == "```":
-            blocks.append(Block(path, start, "\n".join(lines[start:number - 1]), mark))
+            blocks.append(Block(path, start, "\n".join(lines[start:number - 1]), mark, placeholders))
             start = None
     return blocks
+
+
+def _placeholders(text: str) -> dict[str, str]:
+    """`(A=b, C=d/e)` -> {"A": "b", "C": "d/e"}."""
+    inner = text.strip().removeprefix("(").removesuffix(")").strip()
+    return dict(item.strip().split("=", 1) for item in inner.split(",")) if inner else {}
 
 
 def commands(text: str, variables: dict[str, str]) -> list[tuple[list[str], str | None]]:

@@ -6,8 +6,9 @@ the shim does exactly that, and caps the training budget, nothing else:
   (unless given), and a training config (any list with train.yaml) runs 1 epoch of 2 samples, validated once;
 - `cellzoo predict ... --checkpoint C`: `--quick` is added (a checkpoint the block trained is a quick one).
 
-tests/test_docs_commands.py puts `python` and `cellzoo` wrappers first on PATH that call this file:
-`python doc_shim.py bundle-run ARGS` / `python doc_shim.py cellzoo ARGS`.
+tests/test_docs_commands.py puts `python` and `cellzoo` wrappers first on PATH that hand the command to
+tests/doc_forkserver.py, whose forked child calls `main(["bundle-run", *ARGS])` / `main(["cellzoo", *ARGS])`
+(or run `python doc_shim.py bundle-run ARGS` directly).
 """
 
 from __future__ import annotations

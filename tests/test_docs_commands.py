@@ -14,6 +14,7 @@ import pytest
 
 from doc_commands import DOC_FILES, ROOT, bash_blocks, check_command, commands, options
 
+HERE = Path(__file__).resolve().parent
 BLOCKS = [block for path in DOC_FILES for block in bash_blocks(path)]
 
 
@@ -57,13 +58,13 @@ def _page_param(path: Path):
 
 
 @pytest.mark.parametrize("path", [_page_param(path) for path in PAGES])
-def test_blocks_marked_to_run_run_as_written(path, tmp_path):
+def test_blocks_marked_to_run_run_as_written(path, tmp_path, forkserver):
     """A page's run blocks in order, as a user pastes them, from a repository-shaped folder (the bundles the page
     names copied), with the page's variables, its placeholders filled, and the CPU shim of tests/doc_shim.py;
     each block reads what the earlier ones wrote."""
     blocks = [block for block in RUN if block.path == path]
     work = _workspace(tmp_path / "work", blocks)
-    env = {**os.environ, "PATH": os.pathsep.join([str(_shims(tmp_path / "shims")), os.environ["PATH"]]),
+    env = {**os.environ, "PATH": os.pathsep.join([str(_shims(tmp_path / "shims", forkserver)), os.environ["PATH"]]),
            "CELLZOO_BUNDLES": str(work / "bundles")}
     variables = {"HOME": str(work)}
     for block in bash_blocks(path):
@@ -113,15 +114,28 @@ def _filled(block, work: Path) -> str:
     return text
 
 
-def _shims(folder: Path) -> Path:
-    """`python -m monai.bundle run` and `cellzoo` through tests/doc_shim.py; any other python as it is."""
+@pytest.fixture(scope="module")
+def forkserver(tmp_path_factory):
+    """tests/doc_forkserver.py, started once: MONAI imported once, each command a forked child."""
+    path = tmp_path_factory.mktemp("forkserver") / "socket"
+    server = subprocess.Popen([sys.executable, str(HERE / "doc_forkserver.py"), "serve", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    yield path
+    server.kill()
+    server.wait()
+
+
+def _shims(folder: Path, socket_path: Path) -> Path:
+    """`python -m monai.bundle run` and `cellzoo` through tests/doc_shim.py, run by the fork server; any other
+    python as it is."""
     folder.mkdir(parents=True)
-    shim = Path(__file__).with_name("doc_shim.py")
+    client = f"{sys.executable} -S {HERE / 'doc_forkserver.py'} {socket_path}"
     (folder / "python").write_text(
         "#!/usr/bin/env bash\n"
-        f'if [ "${{1:-}} ${{2:-}} ${{3:-}}" = "-m monai.bundle run" ]; then shift 3; exec {sys.executable} {shim} bundle-run "$@"; fi\n'
+        f'if [ "${{1:-}} ${{2:-}} ${{3:-}}" = "-m monai.bundle run" ]; then shift 3; exec {client} bundle-run "$@"; fi\n'
         f'exec {sys.executable} "$@"\n')
-    (folder / "cellzoo").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} {shim} cellzoo "$@"\n')
+    (folder / "cellzoo").write_text(f'#!/usr/bin/env bash\nexec {client} cellzoo "$@"\n')
     for wrapper in folder.iterdir():
         wrapper.chmod(0o755)
     return folder
@@ -174,3 +188,14 @@ def test_the_checker_passes_what_the_code_accepts():
     assert variables == {"B": "bundles/mediar_cellseg/configs"} and len(found) == 3
     assert found[0][0][-2:] == ["--max_epochs", "2"] and found[1][0][0] == "cellzoo"
     assert all(check_command(words, code) == [] for words, code in found)
+
+
+def test_the_fork_server_gives_each_command_its_exit_code_streams_and_folder(forkserver, tmp_path):
+    shims = _shims(tmp_path / "shims", forkserver)
+    env = {**os.environ, "PATH": os.pathsep.join([str(shims), os.environ["PATH"]])}
+    good = subprocess.run(["bash", "-c", "cellzoo synth --layout cellseg --n 1 --out here --size 32,32"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert good.returncode == 0 and (tmp_path / "here" / "README.txt").is_file()
+    bad = subprocess.run(["bash", "-c", "cellzoo synth --layout cellseg --n 1 --out there --size 0,32"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "size" in bad.stderr and not (tmp_path / "there").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "### Quick recipe"
-SCORES = ("f1", "precision", "recall", "box_ap", "mask_ap", "map", "ap", "psnr", "ssim", "pcc", "nmae")
+SCORES = ("f1", "precision", "recall", "box_ap", "mask_ap", "bbox_AP", "segm_AP", "map", "psnr", "ssim", "pcc", "nmae")
 
 
 def recipe_block(card: Path) -> str:
@@ -50,7 +50,7 @@ def run_recipe(bundle: str, work: Path) -> dict:
     summaries = [json.loads(p.read_text()) for p in sorted(work.rglob("training_summary.json"))]
     metrics = [json.loads(p.read_text()) for p in sorted(work.rglob("metrics.json"))]
     return {"bundle": bundle, "minutes": round(minutes, 1), "training": summaries,
-            "scores": [{k: round(float(v), 3) for k, v in m.items() if k in SCORES and v is not None} for m in metrics]}
+            "scores": [{k: round(float(v), 3) for k, v in m.items() if k in SCORES and isinstance(v, (int, float))} for m in metrics]}
 
 
 def row(result: dict) -> str:

@@ -76,7 +76,7 @@ def test_blocks_marked_to_run_run_as_written(path, tmp_path, forkserver):
 def _run_block(block, work: Path, env: dict, variables: dict) -> None:
     exports = "".join(f"export {name}={value!r}\n" for name, value in variables.items())
     before = {path for path in work.rglob("*") if path.is_file()}
-    text = _filled(block, work)
+    text = _filled(block)
     result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + exports + text], cwd=work, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{block.where}:\n{result.stderr[-3000:]}"
@@ -106,7 +106,7 @@ def _workspace(work: Path, blocks: list) -> Path:
     return work
 
 
-def _filled(block, work: Path) -> str:
+def _filled(block) -> str:
     text = block.text
     for name, spec in sorted(block.placeholders.items(), key=lambda item: -len(item[0])):  # longest name first
         value = f"data/{spec}" if spec.split("/")[0] in SYNTH_SIZES else spec

@@ -15,7 +15,7 @@ from cellzoo.io.layouts.labelfree_fields import (
     read_labelfree_fields,
     write_labelfree_field,
 )
-from cellzoo.io.layouts.lightmycells import read_lightmycells, write_lightmycells_image
+from cellzoo.io.layouts.focal_series import read_lightmycells, write_lightmycells_image
 
 __all__ = [
     "frame_digits",

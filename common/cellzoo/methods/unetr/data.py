@@ -16,7 +16,7 @@ import numpy as np
 
 from cellzoo.errors import InputError
 from cellzoo.io import check_training_items, list_images, read_image
-from cellzoo.io.layouts.lightmycells import INPUT_RE, ORGANELLES, STUDY_RE, read_lightmycells
+from cellzoo.io.layouts.focal_series import INPUT_RE, ORGANELLES, STUDY_RE, read_lightmycells
 
 __all__ = ["BEST_FOCUS", "best_focus", "inference_items", "lightmycells_items", "plane_items"]
 

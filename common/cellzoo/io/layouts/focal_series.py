@@ -1,5 +1,5 @@
-"""LightMyCells challenge layout: Study_N/image_<id>_<BF|PC|DIC>_z<k>.ome.tiff + organelle targets (read and
-write)."""
+"""Label-free focal series with organelle targets, the LightMyCells challenge layout:
+Study_N/image_<id>_<BF|PC|DIC>_z<k>.ome.tiff + image_<id>_<organelle>.ome.tiff (read and write)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "### Quick recipe"
-SCORES = ("f1", "precision", "recall", "box_ap", "mask_ap", "bbox_AP", "segm_AP", "map", "psnr", "ssim", "pcc", "nmae")
+SCORES = ("f1", "precision", "recall", "box_ap", "mask_ap", "bbox_AP", "segm_AP", "map", "ap", "ap50", "psnr", "ssim", "pcc",
+          "nmae")
 
 
 def recipe_block(card: Path) -> str:

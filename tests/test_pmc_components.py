@@ -386,9 +386,17 @@ def test_validation_plateau_steps_only_after_validations():
     optimizer = torch.optim.Adam(network.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=0, factor=0.1)
     evaluator = State(state=State(epoch=1, key_metric_name="val_ap", metrics={"val_ap": 0.5}))
-    handler = pmc.ValidationPlateau(scheduler, evaluator, print_lr=False)
-    trainer = State(state=State(epoch=1))
-    handler(trainer)  # first validation: the best so far
+    handler = pmc.ValidationPlateau(scheduler, evaluator, print_lr=False, min_iterations=10)
+    trainer = State(state=State(epoch=1, iteration=4))
+    evaluator.state.metrics["val_ap"] = 0.0
+    handler(trainer)  # before min_iterations: a 0 AP is warm-up, not the best so far
+    evaluator.state.epoch = trainer.state.epoch = 2
+    handler(trainer)  # patience 0 would have cut the rate here
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    evaluator.state.metrics["val_ap"] = 0.5
+    evaluator.state.epoch = trainer.state.epoch = 1
+    trainer.state.iteration = 10
+    handler(trainer)  # first counted validation: the best so far
     for epoch in (2, 3):  # no validation at these epochs: no step, however stale the metric
         trainer.state.epoch = epoch
         handler(trainer)

@@ -2,8 +2,12 @@
 
 The paper trains with Adam (lr 1e-4) and reduces the rate tenfold on plateaus down to 1e-6. Here the
 plateau is judged on the validation key metric, and only after epochs that validated (ignite's and MONAI's
-handlers would also count the epochs in between, with a stale value). The handler is a training handler,
-so every process of a multi-GPU run steps its scheduler with the same (gathered) metric.
+handlers would also count the epochs in between, with a stale value), and only after `min_iterations`, the
+same warm-up the early stopping of `cellzoo.engines.Convergence` waits for: a detector's AP stays 0 until
+its first heatmap peak passes the decoding threshold, and a schedule counting those validations as a
+plateau would cut the rate tenfold, again and again, before the network has learnt anything (the quick
+recipe did: rate 1e-6 by iteration 800, AP 0 throughout). The handler is a training handler, so every
+process of a multi-GPU run steps its scheduler with the same (gathered) metric.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ __all__ = ["ValidationPlateau", "pretext_key_metric", "stacked_pred_label"]
 
 
 class ValidationPlateau:
-    """Ignite handler: after an epoch in which `evaluator` ran, step a ReduceLROnPlateau with its key metric."""
+    """Ignite handler: after an epoch in which `evaluator` ran, step a ReduceLROnPlateau with its key metric
+    (validations before `min_iterations` trained iterations are not counted)."""
 
-    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau, evaluator, print_lr: bool = True):
+    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau, evaluator, print_lr: bool = True,
+                 min_iterations: int = 0):
         self.lr_scheduler, self.evaluator, self.print_lr = lr_scheduler, evaluator, bool(print_lr)
+        self.min_iterations = int(min_iterations or 0)
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -35,6 +42,8 @@ class ValidationPlateau:
         name = getattr(state, "key_metric_name", None)
         if state.epoch != engine.state.epoch or name not in state.metrics:
             return  # no validation at this epoch
+        if engine.state.iteration < self.min_iterations:
+            return  # still warming up: not a plateau
         self.lr_scheduler.step(float(state.metrics[name]))
         if self.print_lr:
             logger.info("learning rate after epoch %d: %g", engine.state.epoch, self.lr_scheduler.get_last_lr()[0])

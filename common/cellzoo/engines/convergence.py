@@ -14,6 +14,11 @@
   them as `<out_dir>/training_summary.json` (`plateau`: whether it stopped because the score had stopped
   improving, rather than at a guard while possibly still learning), which studies and benchmarks report.
 
+In a multi-GPU run every process trains the same number of iterations or the run hangs in a collective:
+each process validates on its shard and stops on the gathered metric, and the clock of the time guard is
+read at the end of an epoch and rank 0's answer (stop or go on) taken by every process
+(`cellzoo.engines.distributed.agree`), rather than each process stopping mid-epoch on its own clock.
+
 Lower-is-better key metrics (pretext losses) follow the validator's best-model saver
 (`key_metric_negative_sign`), so the stopping rule and the saved best model never disagree. Its state
 (rows and the early-stopping counter) goes into the resume state, so a resumed run continues its curve.
@@ -31,6 +36,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+from cellzoo.engines import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +116,22 @@ class Convergence:
         if self.patience is not None:
             self._early_stopping = _early_stopping(self.patience, self._score, trainer, self.min_delta)
             self.evaluator.add_event_handler(Events.COMPLETED, self._maybe_stop)
-        if self.max_minutes is not None:
+        if distributed.is_distributed():
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self._agree_on_stop)
+        elif self.max_minutes is not None:
             self._time_limit = TimeLimit(limit_sec=int(float(self.max_minutes) * 60))
             trainer.add_event_handler(Events.ITERATION_COMPLETED, self._time_limit)
         self._started = time.monotonic()
+
+    def _agree_on_stop(self, engine) -> None:
+        """Multi-GPU: every process stops after this epoch exactly when rank 0 does (its early stopping or
+        its clock), so none waits for the others in a collective that never comes."""
+        out_of_time = self.max_minutes is not None and time.monotonic() - self._started >= float(self.max_minutes) * 60
+        if distributed.agree(bool(engine.should_terminate) or out_of_time):
+            if not engine.should_terminate:
+                engine.terminate()
+        else:
+            engine.should_terminate = False  # rank 0 goes on: so does this process
 
     def _maybe_stop(self, evaluator) -> None:
         if self.trainer.state.iteration >= self.min_iterations:

@@ -19,10 +19,12 @@ def epoch_sampler(dataset: Dataset, samples_per_epoch: int | None = None, seed: 
 
 
 def training_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None = None,
-                    samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0) -> DataLoader:
-    """A loader over `dataset`, ordered by `sampler` (e.g. a DistributedSampler) or by `epoch_sampler`."""
+                    samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0,
+                    pin_memory: bool = False) -> DataLoader:
+    """A loader over `dataset`, ordered by `sampler` (e.g. a DistributedSampler) or by `epoch_sampler`;
+    `pin_memory` (page-locked batches) lets a GPU copy them asynchronously (the engines' `non_blocking`)."""
     sampler = sampler if sampler is not None else epoch_sampler(dataset, samples_per_epoch, seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 
 class SamplerEpochHandler:

@@ -1,7 +1,7 @@
 """Networks from checkpoints, PyTorch or ONNX: the `network` of every tensor-output bundle's inference.yaml.
 
-A checkpoint ending in `.onnx` (the `model.onnx` of a bundle's bioimage.io package) runs in onnxruntime on
-the CPU behind the same interface as the PyTorch network, so sliding windows, TTA, ensembles and the
+A checkpoint ending in `.onnx` (the `model.onnx` of a bundle's bioimage.io package) runs in onnxruntime, on
+the GPU where onnxruntime has its CUDA provider (the onnxruntime-gpu package), else on the CPU, behind the same interface as the PyTorch network, so sliding windows, TTA, ensembles and the
 bundle's post-processing are unchanged.
 """
 
@@ -17,11 +17,20 @@ from torch import nn
 
 from cellzoo.errors import InputError
 
-__all__ = ["OnnxNetwork", "is_onnx", "load_networks"]
+__all__ = ["OnnxNetwork", "is_onnx", "load_networks", "onnx_providers"]
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def is_onnx(path: str | Path) -> bool:
     return str(path).lower().endswith(".onnx")
+
+
+def onnx_providers(available: Sequence[str], cuda: bool | None = None) -> list[str]:
+    """onnxruntime's execution providers to ask for, best first: CUDA when both onnxruntime and torch see a
+    GPU, then the CPU (onnxruntime falls back along the list)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    wanted = PREFERRED_PROVIDERS if cuda else PREFERRED_PROVIDERS[1:]
+    return [name for name in wanted if name in available] or ["CPUExecutionProvider"]
 
 
 class OnnxNetwork(nn.Module):
@@ -36,7 +45,8 @@ class OnnxNetwork(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            providers = onnx_providers(onnxruntime.get_available_providers())
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for unreadable graphs
             raise InputError(f"not a readable ONNX graph ({type(err).__name__})", path) from err
         self.input_name = self.session.get_inputs()[0].name

@@ -88,6 +88,7 @@ class WholeImagePredictor:
         device: torch.device | str | None = None,
         progress: bool = True,
         amp: bool = False,
+        amp_dtype: torch.dtype | str = torch.float16,
         output_activation: Callable[[Tensor], Tensor] | None = None,
     ):
         self.networks = [networks] if isinstance(networks, nn.Module) else list(networks)
@@ -98,6 +99,7 @@ class WholeImagePredictor:
         self.flip_inverse = tta.inverse if tta is not None else None
         self.tile_size, self.halo = tile_size, halo
         self.progress, self.amp, self.output_activation = progress, amp, output_activation
+        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
         self._check_settings()
         self.device = torch.device(device) if device is not None else _module_device(self.networks[0])
         for network in self.networks:
@@ -197,7 +199,7 @@ class WholeImagePredictor:
         use_amp = self.amp and self.device.type == "cuda"
 
         def run(windows: Tensor) -> Tensor:
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            with torch.autocast("cuda", dtype=self.amp_dtype) if use_amp else nullcontext():
                 out = network(windows)
             if not isinstance(out, Tensor) or out.shape[2:] != windows.shape[2:]:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

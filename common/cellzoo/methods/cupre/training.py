@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
-from monai.utils import CommonKeys
+from monai.utils import CommonKeys, convert_to_tensor
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
@@ -31,11 +31,12 @@ def detection_collate(items: list[dict]) -> dict[str, list]:
 
 
 def detection_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None = None,
-                     samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0) -> DataLoader:
+                     samples_per_epoch: int | None = None, num_workers: int = 0, seed: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
     """`cellzoo.engines.training_loader` with `detection_collate`: `sampler`, or `samples_per_epoch` shuffled items."""
     sampler = sampler if sampler is not None else epoch_sampler(dataset, samples_per_epoch, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=detection_collate)
+                      collate_fn=detection_collate, pin_memory=pin_memory)
 
 
 class PrepareDetectionBatch:
@@ -50,10 +51,13 @@ class PrepareDetectionBatch:
         self.targets, self.gt_keys = bool(targets), tuple(gt_keys)
 
     def __call__(self, batch: dict, device=None, non_blocking: bool = False, **kwargs):
-        images = [torch.as_tensor(image).float().to(device=device, non_blocking=non_blocking)
+        # plain tensors: torchvision's detector does not need MONAI's metadata, and every operation on a
+        # MetaTensor pays for carrying it (torch.as_tensor would keep the subclass)
+        images = [convert_to_tensor(image, track_meta=False).float().to(device=device, non_blocking=non_blocking)
                   for image in batch["image"]]
         if self.targets:
-            targets = [{key: torch.as_tensor(batch[key][i]).to(device=device, non_blocking=non_blocking)
+            targets = [{key: convert_to_tensor(batch[key][i], track_meta=False).to(device=device,
+                                                                                  non_blocking=non_blocking)
                         for key in TARGET_KEYS} for i in range(len(images))]
             return images, targets, (targets,), {}
         if "annotations" not in batch:

@@ -132,17 +132,18 @@ class MemoryReplayBatchSampler(Sampler[list[int]]):
 
 def replay_loader(dataset: Dataset, batch_size: int, replay_dataset: Dataset | None = None, replay_per_batch: int = 1,
                   sampler: Sampler | None = None, samples_per_epoch: int | None = None, num_workers: int = 0,
-                  seed: int = 0) -> DataLoader:
+                  seed: int = 0, pin_memory: bool = False) -> DataLoader:
     """The training loader of MEDIAR fine-tuning: each batch holds `replay_per_batch` replayed public samples.
 
     Target samples are ordered by `sampler` (e.g. an AmplifiedSampler) or a shuffle of `samples_per_epoch`;
     without a replay set (or with replay_per_batch 0) this is the plain `training_loader`.
     """
     if replay_dataset is None or len(replay_dataset) == 0 or replay_per_batch == 0:
-        return training_loader(dataset, batch_size, sampler, samples_per_epoch, num_workers, seed)
+        return training_loader(dataset, batch_size, sampler, samples_per_epoch, num_workers, seed, pin_memory)
     target_sampler = sampler if sampler is not None else epoch_sampler(dataset, samples_per_epoch, seed)
     batch_sampler = MemoryReplayBatchSampler(
         n_target=len(dataset), n_replay=len(replay_dataset), batch_size=batch_size,
         replay_per_batch=replay_per_batch, seed=seed, target_sampler=target_sampler,
     )
-    return DataLoader(ConcatDataset([dataset, replay_dataset]), batch_sampler=batch_sampler, num_workers=num_workers)
+    return DataLoader(ConcatDataset([dataset, replay_dataset]), batch_sampler=batch_sampler, num_workers=num_workers,
+                      pin_memory=pin_memory)

@@ -22,7 +22,7 @@ import torch
 
 import bundle_cli
 from cellzoo.bundles import parse_config_value
-from cellzoo.engines import latest_checkpoint, read_state_dict
+from cellzoo.engines import latest_checkpoint, read_curve, read_state_dict
 from cellzoo.synthetic import synthesize
 
 BUNDLE, TRAIN = "mediar_cellseg", "train"
@@ -175,26 +175,43 @@ def test_mlflow_server_that_dies_mid_run_loses_nothing(data, tmp_path):
 
 # ---------------------------------------------------------------- multi-GPU (DDP on the CPU)
 
-def test_two_process_ddp_trains_identical_weights(data, tmp_path):
+def test_two_process_ddp_trains_identical_weights_with_one_validation_image(data, tmp_path):
+    """Few labels, two processes: one validation image (MONAI's DistributedSampler used to stop the run
+    before its first step), each process its own shard and seed, the weights identical at the end, and
+    both processes stopping at the same epoch (the run ends rather than hanging)."""
+    from cellzoo.io import read_cellseg
+
     root = tmp_path / "ddp"
     save_ranks = tmp_path / "save_ranks.yaml"
     # appended to finalize: each process saves the weights it ends with
     save_ranks.write_text('+finalize:\n  - "$torch.save(@network.module.state_dict(), '
                           "@output_dir + '/rank%d.pt' % @local_rank)\"\n")
+    names = [entry["name"] for entry in read_cellseg(data)]
     bundle_cli.run_bundle(BUNDLE, [TRAIN, "quick", "multi_gpu_train", str(save_ranks)],
-                          *train_args(data, root, "--max_epochs", "2"), launcher=bundle_cli.torchrun(2))
+                          *train_args(data, root, "--max_epochs", "2", "--val_items", f"['{names[0]}']",
+                                      "--train_items", str(names[1:])), launcher=bundle_cli.torchrun(2))
     out = Path(config_value(root, "output_dir"))
     rank0 = torch.load(out / "rank0.pt", weights_only=True)
     rank1 = torch.load(out / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()
-    for key in rank0:
+    torch.manual_seed(0)
+    network = parse_config_value(BUNDLE, TRAIN, "network_def", quick=True)
+    parameters = {name for name, _ in network.named_parameters()}
+    for key in parameters:  # the gradients were averaged: the same weights on both
         assert torch.equal(rank0[key], rank1[key]), key
+    # BatchNorm statistics are not (each process normalised its own images since rank 0's last broadcast):
+    # the proof that the processes trained on different samples
+    assert any(not torch.equal(rank0[k], rank1[k]) for k in rank0.keys() - parameters if "running_mean" in k)
     # rank 0 saved the best model without DDP's "module." prefix, and training moved the weights
     best = read_state_dict(ckpt_path(root))
     assert best.keys() == rank0.keys()
-    torch.manual_seed(0)
-    start = parse_config_value(BUNDLE, TRAIN, "network_def", quick=True).state_dict()
-    assert any(not torch.equal(start[k], rank0[k]) for k in rank0 if rank0[k].is_floating_point())
+    start = network.state_dict()
+    assert any(not torch.equal(start[k], rank0[k]) for k in parameters)
+    # both epochs validated on the one image; an epoch is SHORT's 16 samples over both processes (8 each,
+    # batch 4: 2 steps), as on one process with the doubled batch
+    curve = read_curve(ckpt_path(root).parent / "training_curve.csv")
+    assert [(row["epoch"], row["iteration"]) for row in curve] == [(1, 2), (2, 4)]
+    assert all(row["val_metric"] is not None for row in curve)
 
 
 # ---------------------------------------------------------------- resume after a kill mid-epoch

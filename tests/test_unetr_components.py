@@ -111,6 +111,28 @@ def test_unetr_refuses_bad_sizes():
         tiny_unetr(16, img_size=64)(torch.zeros(1, 1, 128, 128))
 
 
+def test_every_trainable_parameter_gets_a_gradient_as_ddp_requires():
+    """DDP (multi_gpu_train.yaml) waits at the second step for a gradient of every trainable parameter: the
+    cross-attention parts MONAI builds without cross-attention must be frozen, in the UNETR and the MAE,
+    including the whole `cross_attn` block MONAI 1.4-1.5 builds (simulated here on MONAI's block)."""
+    from monai.networks.blocks import TransformerBlock
+    from monai.networks.blocks.crossattention import CrossAttentionBlock
+
+    from cellzoo.methods.unetr.network import freeze_unused_cross_attention
+
+    for network, out_index in ((tiny_unetr(), None), (tiny_mae(), 0)):
+        out = network(torch.randn(1, 1, 64, 64))
+        (out if out_index is None else out[:, out_index]).sum().backward()
+        missing = [n for n, p in network.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == []
+    block = TransformerBlock(hidden_size=16, mlp_dim=32, num_heads=2)
+    block.cross_attn = CrossAttentionBlock(hidden_size=16, num_heads=2)
+    freeze_unused_cross_attention(block)
+    assert not any(p.requires_grad for p in block.cross_attn.parameters())
+    assert not any(p.requires_grad for p in block.norm_cross_attn.parameters())
+    assert all(p.requires_grad for p in block.attn.parameters())
+
+
 # ---------------------------------------------------------------- MAE
 
 def tiny_mae(masking: str = "grid", **kwargs) -> GridMaskedAutoencoder:

@@ -5,7 +5,11 @@ One epoch of `AMT2Trainer` is one round k (of K): (a) the MoCo trainer (a MONAI 
 reference is set to the backbone after (a); (c) the detection trainer (a `SupervisedTrainer` of the whole
 detector, its loss including L2-SP) trains on part k of the COCO set. MONAI handlers attach to the round
 engine as to any trainer: validation after a round, the best checkpoint, MLflow, resume (whose state is
-the round count, the weights, both optimisers and the MoCo queue and key encoder).
+the round count, the weights, both optimisers, the MoCo queue and key encoder, and both AMP loss scalers).
+
+MONAI's `Trainer.run()` makes a new GradScaler on every run, and AMT2 runs each of its two trainers once per
+round: `KeepGradScaler` gives each trainer one scaler for all its runs, so the loss scale it has learnt
+carries over from round to round (and through `--resume`) instead of restarting at 2**16.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from cellzoo.methods.cupre.training import L2SP
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AMT2Trainer"]
+__all__ = ["AMT2Trainer", "KeepGradScaler"]
 
 
 def _mean_loss(engine) -> float:
@@ -53,6 +57,50 @@ class _MeanLoss:
         engine.state.mean_loss = self.total / max(self.count, 1)
 
 
+class KeepGradScaler:
+    """Ignite handler: one AMP GradScaler for every run of a MONAI trainer (see the module docstring), with
+    `state_dict`/`load_state_dict` for the resume state. Without AMP (no scaler) it does nothing."""
+
+    def __init__(self):
+        self.scaler = None
+        self._loaded: dict | None = None
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+
+    def _started(self, engine) -> None:
+        if getattr(engine, "scaler", None) is None:
+            return
+        if self.scaler is None:  # the first run: keep the scaler MONAI just made, with a resumed state
+            self.scaler = engine.scaler
+            if self._loaded:
+                self.scaler.load_state_dict(self._loaded)
+        else:
+            engine.scaler = self.scaler
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler is not None else dict(self._loaded or {})
+
+    def load_state_dict(self, state: dict) -> None:
+        self._loaded = dict(state or {})
+        if self.scaler is not None and self._loaded:
+            self.scaler.load_state_dict(self._loaded)
+
+
+class _Scalers:
+    """The scalers of AMT2's two trainers as one resume-state entry."""
+
+    def __init__(self, **keepers: KeepGradScaler):
+        self.keepers = keepers
+
+    def state_dict(self) -> dict:
+        return {name: keeper.state_dict() for name, keeper in self.keepers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, keeper in self.keepers.items():
+            keeper.load_state_dict((state or {}).get(name, {}))
+
+
 class AMT2Trainer(Engine):
     """K rounds of (MoCo on cell images -> L2-SP reference -> detection on the next COCO part).
 
@@ -60,7 +108,8 @@ class AMT2Trainer(Engine):
     into K parts; another sampler, e.g. a DistributedSampler, draws from the whole set every round).
     Without `coco_trainer` the rounds are MoCo alone (the Cells-MoCo baseline). `train_handlers` are
     MONAI/ignite handlers with `attach(engine)`, as a trainer's; `optimizer` (the detection optimiser) is
-    exposed for handlers that log learning rates.
+    exposed for handlers that log learning rates; `grad_scalers` (both trainers' AMP loss scalers) for the
+    resume state.
     """
 
     def __init__(self, moco_trainer, coco_trainer=None, coco_sampler: PartSampler | None = None,
@@ -71,9 +120,13 @@ class AMT2Trainer(Engine):
         self.moco_trainer, self.coco_trainer, self.coco_sampler = moco_trainer, coco_trainer, coco_sampler
         self.l2sp, self.moco, self.restart_key_encoder = l2sp, moco, bool(restart_key_encoder)
         self.rounds, self.optimizer = int(max_epochs), optimizer
-        for trainer in (moco_trainer, coco_trainer):
+        keepers = {}
+        for name, trainer in (("moco", moco_trainer), ("coco", coco_trainer)):
             if trainer is not None:
                 _MeanLoss().attach(trainer)
+                keepers[name] = KeepGradScaler()
+                keepers[name].attach(trainer)
+        self.grad_scalers = _Scalers(**keepers)
         for handler in train_handlers or []:
             handler.attach(self)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from ignite.metrics import Metric
 
+from cellzoo.engines import distributed
 from cellzoo.errors import InputError
 from cellzoo.io import coco_to_label_image, file_stem, load_coco_json, read_labels
 from cellzoo.metrics import coco_evaluate, evaluate_instances, write_metrics
@@ -65,8 +66,9 @@ class DetectionAPMetric(Metric):
     """COCO AP (`iou_type` bbox or segm, LIVECell or COCO `protocol`) of an evaluator's detections.
 
     `output_transform` gives (detections per image, ground-truth records per image); the score is computed
-    over every image seen in the epoch (gathered from all processes of a distributed run). Undefined AP
-    (no object at all) counts as 0 so model selection still works.
+    over every image seen in the epoch, gathered from all processes of a distributed run and counted once
+    by name (with fewer validation images than processes, every process validates every image). Undefined
+    AP (no object at all) counts as 0 so model selection still works.
     """
 
     def __init__(self, iou_type: str = "segm", protocol: str = "livecell", merge_categories: bool = True,
@@ -81,12 +83,15 @@ class DetectionAPMetric(Metric):
     def reset(self) -> None:
         self.records: list[dict] = []
         self.results: list[list[dict]] = []
+        self.names: list = []
 
     def update(self, output) -> None:
         detections, records = output
         for det, record in zip(detections, records):
             shape = (int(record["height"]), int(record["width"]))
             self.records.append({k: record[k] for k in ("annotations", "height", "width")})
+            # an image without a name is its own (rank, position): never merged with another
+            self.names.append(record.get("name", (distributed.rank(), len(self.names))))
             # merged: every detection is a cell; otherwise the detector's classes already number categories 1..K
             mapped = {**det, "labels": torch.ones_like(det["labels"])} if self.merge else det
             self.results.append(detections_to_coco(mapped, shape, 0, self.mask_threshold)
@@ -96,9 +101,13 @@ class DetectionAPMetric(Metric):
         records, results = self.records, self.results
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, (records, results))
-            records = [r for part in gathered for r in part[0]]
-            results = [r for part in gathered for r in part[1]]
+            torch.distributed.all_gather_object(gathered, (self.names, records, results))
+            once = {}  # name -> (record, results), the first process's copy of an image validated by several
+            for names, part_records, part_results in gathered:
+                for name, record, result in zip(names, part_records, part_results):
+                    once.setdefault(name, (record, result))
+            records, results = [r for r, _ in once.values()], [r for _, r in once.values()]
+        self.images_scored = len(records)
         gt = ground_truth_coco(records, self.category_ids, self.merge)
         flat = [{**r, "image_id": i} for i, image_results in enumerate(results, start=1) for r in image_results]
         ap = _score(gt, flat, self.iou_type, self.protocol)["AP"]

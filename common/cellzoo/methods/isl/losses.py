@@ -55,7 +55,9 @@ class DistanceMaskLoss(nn.Module):
     def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y_pred.ndim != 4 or y_pred.shape[1] != 2 or y_pred.shape != y.shape:
             raise ValueError(f"prediction {tuple(y_pred.shape)} and target {tuple(y.shape)} must both be (B, 2, H, W)")
-        mse = F.mse_loss(y_pred[:, 0], y[:, 0].to(y_pred.dtype))
+        # fp32 difference: under fp16 autocast the prediction is half precision, and a distance target cast
+        # down to it loses its fine steps before they are compared
+        mse = F.mse_loss(y_pred[:, 0].float(), y[:, 0].float())
         bce = F.binary_cross_entropy_with_logits(y_pred[:, 1], (y[:, 1] > 0.5).to(y_pred.dtype))
         if self.alpha is None:
             self.alpha = float(mse.detach() / bce.detach().clamp_min(1e-8))

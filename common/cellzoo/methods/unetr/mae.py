@@ -123,7 +123,8 @@ class MaskedReconstructionLoss(nn.Module):
     def forward(self, output: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         reconstruction, mask = _split(output, image)
         target = self._normalised(image) if self.norm_pix_loss else image
-        squared = (reconstruction - target.to(reconstruction.dtype)) ** 2
+        # fp32 difference: an fp16 reconstruction minus an fp16 target loses the small residuals late in training
+        squared = (reconstruction.float() - target.float()) ** 2
         hidden = mask.expand_as(squared)
         return (squared * hidden).sum() / hidden.sum().clamp_min(1.0)
 

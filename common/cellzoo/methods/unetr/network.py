@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.blocks import TransformerBlock
 from monai.networks.nets import ViT
 from torch import nn
 
@@ -24,15 +25,18 @@ __all__ = ["UNETR2D", "default_skip_blocks", "freeze_unused_cross_attention", "m
 
 
 def freeze_unused_cross_attention(module: nn.Module) -> nn.Module:
-    """Freeze the cross-attention LayerNorm that MONAI's TransformerBlock creates even without cross-attention.
+    """Freeze the cross-attention parts that MONAI's TransformerBlock creates even without cross-attention.
 
-    It never takes part in the forward pass, so it never gets a gradient, and DistributedDataParallel
-    (multi_gpu_train.yaml) stops at the first step waiting for one. Frozen, DDP skips it; it stays in the
-    state dict, so checkpoints keep MONAI's layout.
+    Every MONAI release builds `norm_cross_attn`, and 1.4-1.5 also a whole `cross_attn` block (1.6 an
+    Identity); without cross-attention neither takes part in the forward pass, so they never get a
+    gradient, and DistributedDataParallel (multi_gpu_train.yaml) stops at the second step waiting for one.
+    Frozen, DDP skips them; they stay in the state dict, so checkpoints keep MONAI's layout.
     """
-    for name, parameter in module.named_parameters():
-        if ".norm_cross_attn." in f".{name}":
-            parameter.requires_grad_(False)
+    for block in module.modules():
+        if isinstance(block, TransformerBlock) and not getattr(block, "with_cross_attention", False):
+            for part in (block.norm_cross_attn, getattr(block, "cross_attn", None)):
+                if isinstance(part, nn.Module):
+                    part.requires_grad_(False)
     return module
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
 from torch import Tensor, nn
 
 __all__ = ["InfoNCELoss", "MoCo", "PooledEncoder", "PrepareTwoViews", "ProjectionHead", "TwoViewsd",
@@ -213,7 +214,11 @@ class PrepareTwoViews:
         self.query_key, self.key_key = query_key, key_key
 
     def __call__(self, batch: dict, device=None, non_blocking: bool = False, **kwargs):
-        """(view_q, None, (view_k,), {}) on `device`: MONAI's 4-tuple form passes view_k to the network."""
-        view_q = torch.as_tensor(batch[self.query_key]).to(device=device, non_blocking=non_blocking)
-        view_k = torch.as_tensor(batch[self.key_key]).to(device=device, non_blocking=non_blocking)
+        """(view_q, None, (view_k,), {}) on `device`: MONAI's 4-tuple form passes view_k to the network.
+
+        Plain tensors, not MONAI's MetaTensors (which torch.as_tensor would keep): MoCo needs no metadata,
+        and the keys gathered from several processes carry the metadata of one batch each, which MONAI
+        then refuses to slice for the queue."""
+        view_q = convert_to_tensor(batch[self.query_key], track_meta=False).to(device=device, non_blocking=non_blocking)
+        view_k = convert_to_tensor(batch[self.key_key], track_meta=False).to(device=device, non_blocking=non_blocking)
         return view_q, None, (view_k,), {}

@@ -204,6 +204,20 @@ def _reproduces(module, network: torch.nn.Module, x: torch.Tensor, atol: float =
         return False
 
 
+def runs_on_another_device(torchscript: Path, example: torch.Tensor) -> bool:
+    """Whether a TorchScript file traced on the CPU runs where it is loaded: loaded onto PyTorch's "meta"
+    device (shapes without data, the stand-in for a GPU on a machine without one), its output must come out
+    there. A trace that recorded a device as a constant (smp's MiT placeholder, before MEDIAR-Former built it
+    from its input) fails: it mixes CPU tensors into the other device's computation."""
+    try:
+        module = torch.jit.load(str(torchscript), map_location="meta")
+        with torch.no_grad():
+            out = module(example.to("meta"))
+        return isinstance(out, torch.Tensor) and out.device.type == "meta"
+    except Exception:  # noqa: BLE001 - any failure there is a trace that would fail on a GPU
+        return False
+
+
 def _onnx_runner(path: Path):
     import onnxruntime
 
@@ -224,6 +238,9 @@ def write_weights(plan: ExportPlan, example: torch.Tensor, folder: Path) -> dict
     with torch.no_grad():
         traced = torch.jit.trace(plan.network, example, check_trace=False)
     traced.save(str(folder / "torchscript.pt"))
+    if not runs_on_another_device(folder / "torchscript.pt", example):
+        raise RuntimeError(f"{plan.bundle}: the TorchScript trace runs only on the CPU it was traced on (a device "
+                           "constant in the graph); fix the network's forward before exporting")
     files["torchscript"] = folder / "torchscript.pt"
     axes = {0: "batch"} if plan.fixed_size else {0: "batch", 2: "y", 3: "x"}
     dynamic = {INPUT_ID: axes, OUTPUT_ID: axes}

@@ -83,5 +83,17 @@ class MEDIARFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return (B, 2 + 1, H, W) logits ordered [flow_y, flow_x, cellprob]."""
         self.check_input(x)
-        features = self.decoder(self.encoder(x))
+        features = self.decoder(_placeholder_from_input(self.encoder(x), x))
         return torch.cat([self.gradflow_head(features), self.cellprob_head(features)], dim=1)
+
+
+def _placeholder_from_input(features: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """smp's MiT encoder puts a 0-channel placeholder at stride 2, made with `torch.empty(device=x.device)`:
+    a TorchScript trace records that device as a constant, so a trace made on the CPU would build the
+    placeholder on the CPU when run on a GPU, and the decoder's concatenation would mix devices. The same
+    placeholder as a slice of the input follows the input's device in a trace (checked by
+    tests/test_export_bioimageio.py: no device constant in the traced graph)."""
+    if len(features) > 1 and features[1].shape[1] == 0:
+        features = [features[0], x[:, :0, ::2, ::2], *features[2:]]
+    return features
+

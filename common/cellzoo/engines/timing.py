@@ -1,11 +1,12 @@
-"""Where a run's time goes, per iteration: waiting for data, the network, the post-processing.
+"""Where a run's time goes, per iteration: waiting for data, the network, what follows the forward pass.
 
 `StepTimer` is an ignite handler for any MONAI trainer or evaluator (scripts/gpu_check.py appends it to a
-bundle's config). It times each iteration from ignite's batch events and MONAI's FORWARD_COMPLETED /
-MODEL_COMPLETED events, synchronising CUDA first so that asynchronous kernels are counted where they run,
-skips the first `warmup` iterations (cuDNN autotuning, allocator growth), and writes one JSON summary at
-the end: iterations, samples/s, s/iteration, the share of time spent waiting for data, network and
-post-processing seconds per iteration, the first and last training loss and the peak CUDA memory.
+bundle's config). It times each iteration from ignite's batch events and MONAI's FORWARD_COMPLETED event,
+synchronising CUDA first so that asynchronous kernels are counted where they run, skips the first `warmup`
+iterations (cuDNN autotuning, allocator growth), and writes one JSON summary at the end: iterations,
+samples/s, s/iteration, the share of time spent waiting for data, network seconds per iteration and the
+seconds after the forward pass (post-processing in evaluation; in training the backward pass and the
+optimiser step), the first and last training loss and the peak CUDA memory.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class StepTimer:
         engine.add_event_handler(Events.ITERATION_STARTED, self._mark, "iteration_started")
         try:  # MONAI's engines register these; a plain ignite engine has no network/post-processing split
             engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._mark, "forward_completed")
-            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._mark, "model_completed")
         except ValueError:
             pass
         # after the engine's own ITERATION_COMPLETED handlers (MONAI's post-processing runs there)
@@ -61,8 +61,10 @@ class StepTimer:
         row = {"data_s": marks.get("batch_completed", start) - marks.get("batch_started", start),
                "iteration_s": end - start, "batch": _batch_size(engine.state.batch), "loss": _loss(engine, self.loss_key)}
         if "forward_completed" in marks:
+            # MONAI runs decollation and post-processing on MODEL_COMPLETED, before this handler's mark of it:
+            # everything after the forward pass is post-processing (and, in training, the backward pass)
             row["network_s"] = marks["forward_completed"] - start
-            row["post_s"] = end - marks.get("model_completed", end)
+            row["post_s"] = end - marks["forward_completed"]
         self.rows.append(row)
         self._marks = {}
 

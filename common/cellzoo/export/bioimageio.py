@@ -19,6 +19,7 @@ the bundle's as well as the weights.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -204,15 +205,16 @@ def _reproduces(module, network: torch.nn.Module, x: torch.Tensor, atol: float =
         return False
 
 
-def runs_on_another_device(torchscript: Path, example: torch.Tensor) -> bool:
-    """Whether a TorchScript file traced on the CPU runs where it is loaded: loaded onto PyTorch's "meta"
-    device (shapes without data, the stand-in for a GPU on a machine without one), its output must come out
-    there. A trace that recorded a device as a constant (smp's MiT placeholder, before MEDIAR-Former built it
-    from its input) fails: it mixes CPU tensors into the other device's computation."""
+def runs_on_another_device(network: torch.nn.Module, example: torch.Tensor) -> bool:
+    """Whether a TorchScript trace of `network` made on the CPU runs where it is moved: moved to PyTorch's
+    "meta" device (shapes without data, the stand-in for a GPU on a machine without one), its output must
+    come out there. A trace that recorded a device as a constant (smp's MiT placeholder, before
+    MEDIAR-Former built it from its input) fails: it mixes CPU tensors into the other device's computation.
+    The probe is a trace of its own (a loaded or copied ScriptModule cannot move to "meta")."""
     try:
-        module = torch.jit.load(str(torchscript), map_location="meta")
         with torch.no_grad():
-            out = module(example.to("meta"))
+            probe = torch.jit.trace(copy.deepcopy(network).cpu(), example, check_trace=False).to("meta")
+            out = probe(example.to("meta"))
         return isinstance(out, torch.Tensor) and out.device.type == "meta"
     except Exception:  # noqa: BLE001 - any failure there is a trace that would fail on a GPU
         return False
@@ -238,7 +240,7 @@ def write_weights(plan: ExportPlan, example: torch.Tensor, folder: Path) -> dict
     with torch.no_grad():
         traced = torch.jit.trace(plan.network, example, check_trace=False)
     traced.save(str(folder / "torchscript.pt"))
-    if not runs_on_another_device(folder / "torchscript.pt", example):
+    if not runs_on_another_device(plan.network, example):
         raise RuntimeError(f"{plan.bundle}: the TorchScript trace runs only on the CPU it was traced on (a device "
                            "constant in the graph); fix the network's forward before exporting")
     files["torchscript"] = folder / "torchscript.pt"

@@ -145,6 +145,32 @@ def test_the_distance_and_mae_losses_subtract_in_fp32():
     assert mae.dtype == torch.float32 and mae.item() == pytest.approx(0.09, rel=1e-3)
 
 
+def test_onnx_asks_for_cuda_only_where_both_onnxruntime_and_torch_have_it():
+    from cellzoo.inference.onnx import onnx_providers
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers(both, cuda=True) == both
+    assert onnx_providers(both, cuda=False) == ["CPUExecutionProvider"]
+    assert onnx_providers(["CPUExecutionProvider"], cuda=True) == ["CPUExecutionProvider"]
+
+
+def test_cupre_detector_and_moco_get_plain_tensors():
+    """MetaTensors stripped before torchvision's detector and MoCo (no metadata is needed there)."""
+    from monai.data import MetaTensor
+
+    from cellzoo.engines.contrastive import PrepareTwoViews
+    from cellzoo.methods.cupre.training import PrepareDetectionBatch
+
+    image = MetaTensor(torch.rand(1, 8, 8), meta={"filename_or_obj": "a.tif"})
+    batch = {"image": [image], "boxes": [torch.zeros(0, 4)], "labels": [torch.zeros(0, dtype=torch.int64)],
+             "masks": [torch.zeros(0, 8, 8, dtype=torch.uint8)]}
+    images, targets, *_ = PrepareDetectionBatch()(batch)
+    assert type(images[0]) is torch.Tensor and all(type(v) is torch.Tensor for v in targets[0].values())
+    view_q, _, (view_k,), _ = PrepareTwoViews()({"image_q": MetaTensor(torch.rand(2, 1, 4, 4)),
+                                                 "image_k": MetaTensor(torch.rand(2, 1, 4, 4))})
+    assert type(view_q) is torch.Tensor and type(view_k) is torch.Tensor
+
+
 # ---------------------------------------------------------------- two gloo processes
 
 def _free_port() -> int:

@@ -58,10 +58,9 @@ def bundle_data(bundle: str) -> dict:
 
 
 def synth(layout: str, n: int, size: int, out: Path, seed: int) -> Path:
-    if not out.exists():
-        subprocess.run([sys.executable, "-m", "cellzoo.cli", "synth", "--layout", layout, "--n", str(n), "--out", str(out),
-                        "--size", f"{size},{size}", "--seed", str(seed)], check=True, capture_output=True, text=True)
-    return out
+    from cellzoo.synthetic import synthesize
+
+    return out if out.exists() else synthesize(layout, n, out, seed=seed, size=(size, size))
 
 
 def timer_config(path: Path, train_json: Path, val_json: Path | None, key: str) -> Path:

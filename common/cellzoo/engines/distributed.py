@@ -96,11 +96,8 @@ def init_process_group(backend: str | None = None, timeout_minutes: float = 60.0
 
 
 def agree(flag: bool) -> bool:
-    """Rank 0's `flag` on every process (itself outside a distributed run)."""
-    if not is_distributed():
-        return bool(flag)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
-        else torch.device("cpu")
-    value = torch.tensor([1 if flag else 0], device=device)
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
+    """Rank 0's `flag` on every process (itself outside a distributed run); ignite's broadcast puts the
+    value on the backend's device (NCCL needs it on the GPU)."""
+    import ignite.distributed as idist
+
+    return bool(idist.broadcast(1.0 if flag else 0.0, src=0))

@@ -7,6 +7,10 @@ iterations (cuDNN autotuning, allocator growth), and writes one JSON summary at 
 samples/s, s/iteration, the share of time spent waiting for data, network seconds per iteration and the
 seconds after the forward pass (post-processing in evaluation; in training the backward pass and the
 optimiser step), the first and last training loss and the peak CUDA memory.
+
+Written here rather than taken from ignite's `BasicTimeProfiler`, which splits data from processing time
+too, because that one neither synchronises CUDA, nor leaves out warm-up iterations, nor sees MONAI's
+forward event.
 """
 
 from __future__ import annotations

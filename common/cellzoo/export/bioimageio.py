@@ -19,7 +19,6 @@ the bundle's as well as the weights.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -205,16 +204,15 @@ def _reproduces(module, network: torch.nn.Module, x: torch.Tensor, atol: float =
         return False
 
 
-def runs_on_another_device(network: torch.nn.Module, example: torch.Tensor) -> bool:
-    """Whether a TorchScript trace of `network` made on the CPU runs where it is moved: moved to PyTorch's
-    "meta" device (shapes without data, the stand-in for a GPU on a machine without one), its output must
-    come out there. A trace that recorded a device as a constant (smp's MiT placeholder, before
-    MEDIAR-Former built it from its input) fails: it mixes CPU tensors into the other device's computation.
-    The probe is a trace of its own (a loaded or copied ScriptModule cannot move to "meta")."""
+def runs_on_another_device(traced: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
+    """Whether a TorchScript trace made on the CPU runs where it is moved: moved to PyTorch's "meta" device
+    (shapes without data, the stand-in for a GPU on a machine without one), its output must come out there.
+    A trace that recorded a device as a constant (smp's MiT placeholder, before MEDIAR-Former built it from
+    its input) fails: it mixes CPU tensors into the other device's computation. Pass a fresh trace (a loaded
+    or copied ScriptModule cannot move to "meta"); it is moved, the traced network is not."""
     try:
         with torch.no_grad():
-            probe = torch.jit.trace(copy.deepcopy(network).cpu(), example, check_trace=False).to("meta")
-            out = probe(example.to("meta"))
+            out = traced.to("meta")(example.to("meta"))
         return isinstance(out, torch.Tensor) and out.device.type == "meta"
     except Exception:  # noqa: BLE001 - any failure there is a trace that would fail on a GPU
         return False
@@ -240,9 +238,6 @@ def write_weights(plan: ExportPlan, example: torch.Tensor, folder: Path) -> dict
     with torch.no_grad():
         traced = torch.jit.trace(plan.network, example, check_trace=False)
     traced.save(str(folder / "torchscript.pt"))
-    if not runs_on_another_device(plan.network, example):
-        raise RuntimeError(f"{plan.bundle}: the TorchScript trace runs only on the CPU it was traced on (a device "
-                           "constant in the graph); fix the network's forward before exporting")
     files["torchscript"] = folder / "torchscript.pt"
     axes = {0: "batch"} if plan.fixed_size else {0: "batch", 2: "y", 3: "x"}
     dynamic = {INPUT_ID: axes, OUTPUT_ID: axes}
@@ -252,6 +247,9 @@ def write_weights(plan: ExportPlan, example: torch.Tensor, folder: Path) -> dict
     if not plan.fixed_size and not (_reproduces(traced, plan.network, other)
                                     and _reproduces(_onnx_runner(files["onnx"]), plan.network, other)):
         _with_size(plan, True, 0)  # the trace or the graph baked in the window size
+    if not runs_on_another_device(traced, example):  # last: this moves the trace off the CPU
+        raise RuntimeError(f"{plan.bundle}: the TorchScript trace runs only on the CPU it was traced on (a device "
+                           "constant in the graph); fix the network's forward before exporting")
     return files
 
 

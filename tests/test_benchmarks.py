@@ -137,10 +137,13 @@ def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_pat
     docs = tmp_path / "docs" / "label_efficiency.md"
     rows = bench.run_benchmark(tmp_path / "out", [0, 1], smoke=True, tasks=["nuclei_synthetic", "labelfree_synthetic"],
                                jobs=2, docs=docs)
-    assert len(fake.commands) == 7  # 4 nucleus methods and cellpose, 2 label-free methods
+    assert len(fake.commands) == 7 * 2  # (4 nucleus methods and cellpose, 2 label-free methods) x 2 seeds
+    folders = {command[command.index("--out") + 1] for command in fake.commands}
+    assert len(folders) == 14  # each seed of a study in its own folder: two processes never share one
     for command in fake.commands:
         assert command[command.index("--n-test") + 1] == "2" and command[command.index("--sizes") + 1] == "1,2"
-        assert command[command.index("--seeds") + 1] == "0,1" and "--smoke" in command
+        seed = command[command.index("--seeds") + 1]
+        assert seed in ("0", "1") and command[command.index("--out") + 1].endswith(f"seed{seed}") and "--smoke" in command
         assert "--quick" in command or command[2] == "cellzoo.benchmarks.cellpose_peer"
     assert {r["arm"] for r in rows if r["method"] == "cellpose"} == {"scratch"}
     assert {r["metric"] for r in rows if r["task"] == "nuclei_synthetic"} == {"box_ap", "f1", "mask_ap"}
@@ -183,7 +186,7 @@ def test_a_study_that_split_otherwise_is_reported(tmp_path, monkeypatch):
     fake = FakeStudies(wrong_split_for="unetr_lightmycells")
     fake.jobs = bench.plan_jobs([TINY["labelfree_synthetic"]], tmp_path / "out", REALDATA)
     monkeypatch.setattr(bench.subprocess, "run", fake)
-    with pytest.raises(RuntimeError, match="1 of 2 studies failed: unetr_lightmycells on labelfree_synthetic: "
+    with pytest.raises(RuntimeError, match="1 of 2 studies failed: unetr_lightmycells on labelfree_synthetic \\(seed 0\\): "
                                            "the study tested on \\['elsewhere'\\]"):
         bench.run_benchmark(tmp_path / "out", [0], tasks=["labelfree_synthetic"])
     assert "isl: scratch" in (tmp_path / "out" / "label_efficiency.md").read_text()  # what finished is reported

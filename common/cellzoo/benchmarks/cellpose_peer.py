@@ -57,7 +57,8 @@ SNAPSHOT = "peer"
 
 @dataclass(frozen=True)
 class Rule:
-    """The quick recipes' convergence rule in cellpose's units (8 crops per epoch: one batch), and the size."""
+    """The benchmark's rule for MEDIAR (its study.yaml `settings`) in cellpose's units (8 crops per epoch: one
+    batch), and the size."""
 
     nimg_per_epoch: int = 8
     batch_size: int = 8
@@ -65,8 +66,8 @@ class Rule:
     # cellpose's CPnet channels per level (its default 32-256); the last stays 256, the style size its eval assumes
     widths: tuple[int, ...] = (16, 32, 64, 256)
     flow_threshold: float = 0.0
-    val_every: int = 8         # epochs: a validation every 64 samples, as MEDIAR's quick epochs
-    patience: int = 6
+    val_every: int = 16        # epochs: a validation every 128 samples, as MEDIAR's every 2nd quick epoch
+    patience: int = 3
     min_samples: int = 640     # MEDIAR quick: 80 iterations of batch 8
     max_epochs: int = 640
     max_minutes: float = 10.0

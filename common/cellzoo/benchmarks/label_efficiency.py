@@ -8,8 +8,10 @@ metrics.json map onto the benchmark's common metrics. The benchmark
 1. writes each task's samples (cellzoo.benchmarks.samples) in every layout a taking-part bundle reads,
    with the same item names everywhere, so one split seed gives every bundle the same test items and the
    same nested training sets (checked against each study's manifest afterwards);
-2. runs `cellzoo study --quick` once per (task, bundle) in its own process, `jobs` at a time, one CPU thread
-   each (an interrupted benchmark resumes: the studies skip their finished steps). Every fine-tuning and
+2. runs `cellzoo study --quick` once per (task, bundle, seed) in its own process and folder, `jobs` at a
+   time, one CPU thread each, the costliest first (per seed rather than per study, so that the two slots end
+   together: one study's three seeds in one process would leave a slot idle for an hour); an interrupted
+   benchmark resumes: the studies skip their finished steps. Every fine-tuning and
    pretraining trains the quick network until its validation score stops improving (each config's
    convergence rule, the same for every method and arm); `smoke` instead gives them study.yaml's fixed tiny
    budgets, a check for CI that every step runs, whose figures are not results;
@@ -108,10 +110,11 @@ class Job:
     out: Path
     pretrain_data: Path | None
     test_items: tuple[str, ...]
+    seed: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.entry.bundle} on {self.task.name}"
+        return f"{self.entry.bundle} on {self.task.name} (seed {self.seed})"
 
 
 def bundle_entries() -> list[Entry]:
@@ -177,8 +180,9 @@ def _pretrain_folder(kind: str, out: Path) -> Path:
     return _prepared(folder, lambda f: write_layout("cellseg", labelled, f))
 
 
-def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry] | None = None) -> list[Job]:
-    """Write the data of every (task, bundle) and return the study jobs, the longest kinds first."""
+def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry] | None = None,
+              seeds: tuple[int, ...] = (0,)) -> list[Job]:
+    """Write the data of every (task, bundle) and return the study jobs: one per seed, each in its own folder."""
     jobs = []
     for task in tasks:
         labelled, unlabelled = _samples(task, realdata)
@@ -189,7 +193,8 @@ def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry]
             data = _prepared(out / "data" / task.name / entry.layout,
                              lambda f: write_layout(entry.layout, labelled, f, unlabelled))
             pretrain = None if entry.pretrain_data is None else _pretrain_folder(entry.pretrain_data, out)
-            jobs.append(Job(task, entry, data, out / "studies" / task.name / entry.bundle, pretrain, tuple(test)))
+            jobs += [Job(task, entry, data, out / "studies" / task.name / entry.bundle / f"seed{seed}", pretrain,
+                         tuple(test), int(seed)) for seed in seeds]
     return jobs
 
 
@@ -219,14 +224,14 @@ def study_command(job: Job, seeds: list[int], smoke: bool, paper: bool = False) 
     return command
 
 
-def run_job(job: Job, seeds: list[int], smoke: bool, paper: bool, progress) -> float:
+def run_job(job: Job, smoke: bool, paper: bool, progress) -> float:
     """Run one study in its own process (its output in <out>/study.log); returns its wall time in seconds."""
     job.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny tensors: one thread each
     started = time.perf_counter()
     progress(f"started {job.label} (log: {job.out / 'study.log'})")
     with open(job.out / "study.log", "a") as log:
-        code = subprocess.run(study_command(job, seeds, smoke, paper), stdout=log, stderr=subprocess.STDOUT,
+        code = subprocess.run(study_command(job, [job.seed], smoke, paper), stdout=log, stderr=subprocess.STDOUT,
                               env=env).returncode
     if code != 0:
         raise RuntimeError(f"{job.label} failed (exit {code}); see {job.out / 'study.log'}")
@@ -292,7 +297,7 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
             raise InputError("the real tasks need the real data sets (--realdata)", realdata)
         print(f"real data not found ({realdata}): running the synthetic tasks instead", file=sys.stderr)
         chosen = [t for t in TASKS.values() if not t.real]
-    planned = plan_jobs(chosen, out, realdata)
+    planned = plan_jobs(chosen, out, realdata, seeds=tuple(seeds))
     done, failed = [], []
 
     printing = threading.Lock()  # two studies report at once: one whole line each
@@ -304,7 +309,7 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
 
     def work(job: Job) -> None:
         try:
-            seconds = run_job(job, seeds, smoke, paper, progress)
+            seconds = run_job(job, smoke, paper, progress)
         except RuntimeError as err:  # the others go on; the report says what is missing
             failed.append(str(err))
             progress(str(err))
@@ -313,10 +318,11 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
         progress(f"finished {job.label} in {seconds:.0f} s")
 
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        list(pool.map(work, sorted(planned, key=_expected_cost, reverse=True)))
+        list(pool.map(work, sorted(planned, key=lambda job: (-_expected_cost(job), job.seed))))
     rows = [row for job in planned if job in done for row in collect_rows(job)]
     times = [row for job in planned if job in done for row in collect_times(job)]
-    curves = [(job.task.name, job.entry.bundle, job.out / job.entry.study_task) for job in planned if job in done]
+    curves = [(job.task.name, job.entry.bundle, job.out / job.entry.study_task) for job in planned
+              if job in done and job.seed == seeds[0]]  # the report plots the first seed's curves
     write_benchmark_report(rows, chosen, out, seeds, smoke, time.perf_counter() - started, docs, times=times,
                            curves=curves)
     if failed:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cellzoo.benchmarks import cellpose_peer as peer
 from cellzoo.benchmarks import label_efficiency as bench
@@ -58,6 +59,11 @@ def test_every_bundle_reads_the_shared_items_under_the_same_names(planned):
     cupre = next(job for job in jobs if job.entry.bundle == "cupre_instance_seg")
     assert len(list((cupre.data.parent / "coco_unlabelled").glob("*.tif"))) == 32
     assert "--pretrain-set" in bench.study_command(cupre, [0], smoke=True)
+    # the benchmark's cadence reaches its studies' steps, not the entry's settings (which the shipped weights use)
+    mediar = next(job for job in jobs if job.entry.bundle == "mediar_cellseg")
+    command = bench.study_command(mediar, [0], smoke=False)
+    assert yaml.safe_load(command[command.index("--set") + 1]) == {"val_interval": 2, "patience": 3}
+    assert "val_interval" not in mediar.entry.settings
 
 
 def test_layouts_keep_pixels_and_labels(tmp_path):

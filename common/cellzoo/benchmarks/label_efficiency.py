@@ -97,7 +97,10 @@ class Entry:
     pretrain_data: str | None = None
     settings: dict = field(default_factory=dict)
     pretrain_settings: dict = field(default_factory=dict)
-    relative_cost: int = 1  # study.yaml `relative_cost`: the costliest studies start first
+    relative_cost: int = 1
+    # study.yaml `rule`: the benchmark's convergence cadence (validation interval, patience), given to every
+    # step of its studies only: trainings outside the benchmark (the shipped weights) keep their own
+    rule: dict = field(default_factory=dict)  # study.yaml `relative_cost`: the costliest studies start first
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ def bundle_entries() -> list[Entry]:
             task = spec.task(body["study_task"])
             entry = Entry(bundle, kind, task.name, str(body["layout"]), tuple(body["arms"]), dict(body["metrics"]),
                           body.get("pretrain_data"), dict(body.get("settings") or {}),
-                          dict(body.get("pretrain_settings") or {}), int(body.get("relative_cost", 1)))
+                          dict(body.get("pretrain_settings") or {}), int(body.get("relative_cost", 1)),
+                          dict(body.get("rule") or {}))
             unknown = sorted(set(entry.arms) - set(task.arms))
             metrics_ok = KINDS[kind][0] in entry.metrics and set(entry.metrics) <= set(KINDS[kind])
             if unknown or not metrics_ok or entry.pretrain_data not in (None, *PRETRAIN_DATA):
@@ -218,7 +222,8 @@ def study_command(job: Job, seeds: list[int], smoke: bool, paper: bool = False) 
         command.append("--smoke")
     if job.pretrain_data is not None:
         command += ["--pretrain-data", str(job.pretrain_data)]
-    for option, values in (("--set", job.entry.settings), ("--pretrain-set", job.entry.pretrain_settings)):
+    for option, values in (("--set", {**job.entry.settings, **job.entry.rule}),
+                           ("--pretrain-set", job.entry.pretrain_settings)):
         if values:
             command += [option, yaml.safe_dump(_fill(values, job), default_flow_style=True).strip()]
     return command

@@ -1,0 +1,1 @@
+"""cellzoo in napari (`pip install -e ".[napari]"`): the dock widget and the reader/writer of napari.yaml."""

@@ -380,8 +380,12 @@ class CellzooCLI:
         print(f"measured {len(rows)} cells -> {out}")
 
     def predict(self, bundle: str, input: str, output: str, checkpoint=None, quick: bool | None = None,
-                overwrite: bool = False, set=None):
+                overwrite: bool = False, set=None, region_size: int = 2048, halo: int = 128, level: int = 0):
         """Run a bundle's inference config on a folder of images with trained weights.
+
+        An --input that is one OME-Zarr folder or one TIFF file is streamed instead (images larger than
+        memory, docs/inference.md): read region by region (--region-size px plus --halo px of context, at
+        pyramid --level), each region predicted and written into the OME-Zarr --output; resumable.
 
         --checkpoint takes one path, several separated by commas, or a list: several = an ensemble. Without
         it, the bundle's shipped weights (models/release.json: quick-trained, with the settings they need).
@@ -396,7 +400,12 @@ class CellzooCLI:
         from cellzoo.shipped_weights import shipped_weights
         from cellzoo.studies import load_study
 
-        if not Path(_path(input, "--input")).is_dir():
+        from cellzoo.io.lazy import is_lazy_input
+
+        if is_lazy_input(_path(input, "--input")) or Path(input).suffix.lower() in (".tif", ".tiff", ".btf"):
+            return self._predict_streamed(bundle, input, output, checkpoint, quick, overwrite, set, region_size,
+                                          halo, level)
+        if not Path(input).is_dir():
             raise InputError("input folder not found", input)
         overwrite = _flag(overwrite, "--overwrite")
         _check_prediction_folder(Path(_path(output, "--output")), overwrite, bundle)
@@ -424,6 +433,20 @@ class CellzooCLI:
         _run_with_fit_hint(lambda: run_config(bundle, "inference", quick=quick, **settings, input_dir=str(input),
                                               output_dir=str(output), checkpoints=checkpoints), bundle, quick, settings)
         print(f"predictions written to {output}")
+
+    def _predict_streamed(self, bundle, input, output, checkpoint, quick, overwrite, set, region_size, halo, level):
+        from cellzoo.inference.streaming import stream_predict
+
+        checkpoints = _checkpoint_list(checkpoint)
+        if len(checkpoints) > 1:
+            raise InputError("a streamed prediction takes one --checkpoint (an ensemble: set it in inference.yaml)")
+        quick = None if quick is None else _flag(quick, "--quick")
+        settings = _config_settings(set, bundle, "inference", bool(quick))
+        summary = stream_predict(bundle, input, output, checkpoints[0] if checkpoints else None, quick, settings,
+                                 level=_whole_option(level, "--level"), region_size=_whole_option(region_size, "--region-size"),
+                                 halo=_whole_option(halo, "--halo"), overwrite=_flag(overwrite, "--overwrite"))
+        print(f"{summary['predicted']} of {summary['regions']} regions predicted ({summary['skipped_blank']} blank) "
+              f"in {summary['seconds']:.0f} s -> {output}")
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
               quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None,

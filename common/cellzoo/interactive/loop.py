@@ -37,6 +37,10 @@ from cellzoo.interactive.background import BackgroundRun
 __all__ = ["FineTuneJob", "Prediction", "PredictionJob", "can_fine_tune", "save_annotations", "train_command"]
 
 ITEM = "image"        # the item name a single predicted image gets
+# From trained weights the quick recipe's learning rate (set for training from scratch) is cut tenfold:
+# at the recipe's own rate, MEDIAR fine-tuned on one corrected DSB image forgot the rest (F1 on the GOWT1
+# test images 0.36-0.41 -> 0.00-0.01; docs/napari.md)
+FROM_WEIGHTS_LR_FACTOR = 0.1
 TRAINED = "model"     # <folder>/model/model.pt: the fine-tuned checkpoint
 DATA = "data"         # <folder>/data: the annotations in the bundle's layout
 
@@ -243,9 +247,15 @@ def _safe_name(name: str) -> str:
 
 def fine_tune_overrides(bundle: str, items: list[str], folder: Path, init: str | Path | None, seed: int = 0,
                         settings: dict | None = None) -> dict:
-    """The train config's keys for a fine-tuning on `items` of <folder>/data (validated on the same items)."""
-    recipe = fine_tune_recipe(bundle)
-    return {**recipe.overrides, **(settings or {}), "dataset_dir": str(folder / DATA), "train_items": items,
+    """The train config's keys for a fine-tuning on `items` of <folder>/data (validated on the same items);
+    from a checkpoint, a tenth of the recipe's learning rate unless `settings` set one."""
+    from cellzoo.bundles import parse_config_value
+
+    recipe, settings = fine_tune_recipe(bundle), dict(settings or {})
+    if init is not None and "learning_rate" not in settings:
+        rate = parse_config_value(bundle, recipe.config, "learning_rate", quick=True, **recipe.overrides)
+        settings["learning_rate"] = float(rate) * FROM_WEIGHTS_LR_FACTOR
+    return {**recipe.overrides, **settings, "dataset_dir": str(folder / DATA), "train_items": items,
             "val_items": items, "init_ckpt": None if init is None else str(init), "seed": seed,
             "ckpt_dir": str(folder / TRAINED), "output_dir": str(folder / "runs")}
 

@@ -238,3 +238,21 @@ def test_a_16k_ome_zarr_streams_with_bounded_memory_and_matches_in_memory_predic
     agreed = evaluate_instances([(in_memory, streamed)], iou=0.5)["f1"]
     print(bundle, f"F1 streamed vs truth {against_truth:.3f}, vs in-memory {agreed:.3f}")
     assert agreed > agreement
+
+
+def test_cellzoo_predict_streams_an_ome_zarr_and_refuses_bad_options_in_one_line(tmp_path, threshold_bundle, capsys):
+    from cellzoo.cli import main
+
+    image = blobs(600, seed=5)
+    source = write_ome_zarr(tmp_path / "in.ome.zarr", image.shape, [(0, 0, image)], chunks=300)
+    main(["predict", "mediar_cellseg", "--input", str(source), "--output", str(tmp_path / "out.ome.zarr"),
+          "--region-size", "300", "--halo", "30"])
+    assert "4 of 4 regions predicted (0 blank)" in capsys.readouterr().out
+    assert same_partition(np.asarray(zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")["0"]),
+                          ndimage.label(image > 500)[0])
+    for options, message in ((["--region-size", "10"], "--region-size must be at least 64"),
+                             (["--level", "3"], "pyramid level 3 does not exist"),
+                             (["--checkpoint", str(tmp_path / "none.pt")], "checkpoint not found")):
+        with pytest.raises(SystemExit):
+            main(["predict", "mediar_cellseg", "--input", str(source), "--output", str(tmp_path / "o2"), *options])
+        assert message in capsys.readouterr().err

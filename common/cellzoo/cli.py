@@ -438,11 +438,12 @@ class CellzooCLI:
         from cellzoo.inference.streaming import stream_predict
 
         checkpoints = _checkpoint_list(checkpoint)
-        if len(checkpoints) > 1:
-            raise InputError("a streamed prediction takes one --checkpoint (an ensemble: set it in inference.yaml)")
+        for path in checkpoints:
+            if not Path(path).is_file():
+                raise InputError("checkpoint not found", path)
         quick = None if quick is None else _flag(quick, "--quick")
         settings = _config_settings(set, bundle, "inference", bool(quick))
-        summary = stream_predict(bundle, input, output, checkpoints[0] if checkpoints else None, quick, settings,
+        summary = stream_predict(bundle, input, output, checkpoints or None, quick, settings,
                                  level=_whole_option(level, "--level"), region_size=_whole_option(region_size, "--region-size"),
                                  halo=_whole_option(halo, "--halo"), overwrite=_flag(overwrite, "--overwrite"))
         print(f"{summary['predicted']} of {summary['regions']} regions predicted ({summary['skipped_blank']} blank) "

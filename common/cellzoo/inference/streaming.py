@@ -50,23 +50,25 @@ CHUNK = 1024
 class RegionPredictor:
     """One bundle's inference config, parsed once, run on one region (a YX or YXC array) at a time."""
 
-    def __init__(self, bundle: str, checkpoint: str | Path | None = None, quick: bool | None = None,
+    def __init__(self, bundle: str, checkpoint=None, quick: bool | None = None,
                  settings: dict | None = None, work: str | Path | None = None):
+        """`checkpoint`: one path, a list of paths (an ensemble), or None for the bundle's shipped weights."""
         from monai.bundle import ConfigParser
 
         from cellzoo.bundles import as_config_data, bundle_path, config_files
-        from cellzoo.interactive.loop import ITEM, write_input
+        from cellzoo.interactive.loop import write_input
         from cellzoo.shipped_weights import shipped_weights
 
-        self.bundle, self.item = bundle, ITEM
+        self.bundle = bundle
         self.work = Path(work) if work else Path(tempfile.mkdtemp(prefix="cellzoo_regions_"))
         settings = dict(settings or {})
         if checkpoint is None:
             shipped = shipped_weights(bundle)
             if shipped is None:
                 raise InputError(f"--checkpoint is required: {bundle} ships no trained weights")
-            checkpoint, settings = shipped.checkpoint, {**shipped.settings, **settings}
+            checkpoint, settings = [shipped.checkpoint], {**shipped.settings, **settings}
             quick = shipped.quick if quick is None else quick
+        checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
         self._write_input = write_input
         self.input, self.output = self.work / "input", self.work / "output"
         self._write_input(bundle, np.zeros((64, 64), np.float32), self.input)  # the datalist lists it
@@ -77,7 +79,7 @@ class RegionPredictor:
         # config has them
         optional = {key: value for key, value in (("num_workers", 0), ("write_extras", False)) if key in parser}
         parser.update(as_config_data({**settings, **optional, "input_dir": str(self.input),
-                                      "output_dir": str(self.output), "checkpoints": [str(checkpoint)]}))
+                                      "output_dir": str(self.output), "checkpoints": [str(c) for c in checkpoints]}))
         if "initialize" in parser:  # brief input errors, determinism
             parser.get_parsed_content("initialize")
         self.evaluator = parser.get_parsed_content("evaluator")
@@ -202,12 +204,13 @@ def _boxes_in_core(prediction, tile) -> list[list[float]]:
 
 
 # ---- the run ----
-def stream_predict(bundle: str, source: str | Path, output: str | Path, checkpoint: str | Path | None = None,
+def stream_predict(bundle: str, source: str | Path, output: str | Path, checkpoint=None,
                    quick: bool | None = None, settings: dict | None = None, level: int = 0,
                    region_size: int = 2048, halo: int = 128, overwrite: bool = False, progress: bool = True,
                    max_regions: int | None = None) -> dict:
     """Predict `source` region by region into `output` (an OME-Zarr folder); returns a summary.
 
+    `checkpoint`: one path, a list (an ensemble) or None (the shipped weights), as RegionPredictor takes.
     `max_regions` stops after that many regions were predicted in this call (a resumable partial run)."""
     if int(halo) < 0 or int(region_size) < 64:
         raise InputError(f"--region-size must be at least 64 and --halo non-negative, got {region_size}, {halo}")

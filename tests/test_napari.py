@@ -17,6 +17,7 @@ napari = pytest.importorskip("napari", reason="the napari extra is not installed
 
 from cellzoo.benchmarks.samples import synthetic_nuclei  # noqa: E402
 from cellzoo.errors import InputError  # noqa: E402
+from cellzoo.inference.single_image import read_output  # noqa: E402
 from cellzoo.interactive import loop  # noqa: E402
 from cellzoo.io import read_labels, write_ome_tiff  # noqa: E402
 from cellzoo.metrics import evaluate_instances  # noqa: E402
@@ -181,7 +182,7 @@ def test_pmc_boxes_are_read_as_corner_boxes_with_scores(tmp_path):
     coco = tmp_path / "coco"
     coco.mkdir()
     (coco / "image.json").write_text(json.dumps({"annotations": [{"bbox": [10, 20, 4, 6], "score": 0.9}]}))
-    prediction = loop.read_output("pmc_detection", tmp_path)
+    prediction = read_output("pmc_detection", tmp_path)
     assert prediction.kind == "boxes" and prediction.count == 1
     assert prediction.boxes.tolist() == [[20.0, 10.0, 26.0, 14.0]] and prediction.scores.tolist() == [pytest.approx(0.9)]
     row = prediction.cell_table()[0]

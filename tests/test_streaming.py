@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from cellzoo.errors import InputError
 from cellzoo.inference import streaming
-from cellzoo.interactive.loop import Prediction
+from cellzoo.inference.single_image import Prediction
 from cellzoo.io.lazy import open_lazy
 
 

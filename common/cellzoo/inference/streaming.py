@@ -56,7 +56,7 @@ class RegionPredictor:
         from monai.bundle import ConfigParser
 
         from cellzoo.bundles import as_config_data, bundle_path, config_files
-        from cellzoo.interactive.loop import write_input
+        from cellzoo.inference.single_image import write_input
         from cellzoo.shipped_weights import shipped_weights
 
         self.bundle = bundle
@@ -85,7 +85,7 @@ class RegionPredictor:
         self.evaluator = parser.get_parsed_content("evaluator")
 
     def __call__(self, region: np.ndarray):
-        from cellzoo.interactive.loop import read_output
+        from cellzoo.inference.single_image import read_output
 
         self._write_input(self.bundle, region, self.input)
         shutil.rmtree(self.output, ignore_errors=True)

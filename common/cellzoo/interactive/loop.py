@@ -3,7 +3,8 @@
 The napari widget (cellzoo.napari) is a thin layer over this module, and scripts measure the loop through
 the same functions (scripts/measure_correction_loop.py), so what is measured is what the widget does.
 
-- `PredictionJob`: one image (a napari layer's data) written in the layout the bundle's inference reads,
+- `PredictionJob`: one image (a napari layer's data) written in the layout the bundle's inference reads
+  (cellzoo.inference.single_image),
   `cellzoo predict` run on it in a child process (shipped weights unless a checkpoint is given; the same
   checks and one-line errors as the command line), its output read back as a `Prediction`: instance labels
   (MEDIAR, CUPre, ISL), boxes with scores and centres (PMC), or a stain image (UNETR).
@@ -32,114 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from cellzoo.errors import InputError
+from cellzoo.inference.single_image import Prediction, has_tta, plane, read_output, write_input
 from cellzoo.interactive.background import BackgroundRun
 
 __all__ = ["FineTuneJob", "Prediction", "PredictionJob", "can_fine_tune", "save_annotations", "train_command"]
 
-ITEM = "image"        # the item name a single predicted image gets
 # From trained weights the quick recipe's learning rate (set for training from scratch) is cut tenfold:
 # at the recipe's own rate, MEDIAR fine-tuned on one corrected DSB image forgot the rest (F1 on the GOWT1
 # test images 0.36-0.41 -> 0.00-0.01; docs/napari.md)
 FROM_WEIGHTS_LR_FACTOR = 0.1
 TRAINED = "model"     # <folder>/model/model.pt: the fine-tuned checkpoint
 DATA = "data"         # <folder>/data: the annotations in the bundle's layout
-
-
-@dataclass
-class Prediction:
-    """What a bundle predicted for one image; exactly one of labels / boxes / image is set."""
-
-    bundle: str
-    labels: np.ndarray | None = None          # YX instance labels
-    boxes: np.ndarray | None = None           # (n, 4) y0, x0, y1, x1 in pixels
-    scores: np.ndarray | None = None          # (n,) per box
-    image: np.ndarray | None = None           # YX predicted stain
-    seconds: float = 0.0
-
-    @property
-    def kind(self) -> str:
-        return "labels" if self.labels is not None else "boxes" if self.boxes is not None else "image"
-
-    @property
-    def count(self) -> int:
-        """Cells found: instances or boxes (0 for a stain image)."""
-        if self.labels is not None:
-            return int(len(np.unique(self.labels[self.labels > 0])))
-        return 0 if self.boxes is None else int(len(self.boxes))
-
-    def cell_table(self, image: np.ndarray | None = None, spacing=None) -> list[dict]:
-        """One row per cell: cellzoo's measurements for labels, centre / box / score for boxes."""
-        if self.labels is not None:
-            from cellzoo.postprocess.measure import measure_cells
-
-            channel_axis = -1 if image is not None and np.asarray(image).ndim == self.labels.ndim + 1 else None
-            return measure_cells(self.labels, image, channel_axis=channel_axis, spacing=spacing)
-        if self.boxes is None:
-            return []
-        return [{"label": k + 1, "centroid_y": (y0 + y1) / 2, "centroid_x": (x0 + x1) / 2, "bbox_min_y": y0,
-                 "bbox_min_x": x0, "bbox_max_y": y1, "bbox_max_x": x1, "score": float(s)}
-                for k, ((y0, x0, y1, x1), s) in enumerate(zip(self.boxes.tolist(), self.scores))]
-
-
-# ---- one image in, one prediction out -------------------------------------------------------------------
-
-def _plane(image: np.ndarray) -> np.ndarray:
-    """The grey YX plane of a YX or YXC image (what the single-plane layouts store)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        return image[..., :3].mean(axis=-1).astype(np.float32)
-    if image.ndim != 2:
-        raise InputError(f"a 2D image (YX, or YXC with 3-4 channels) is needed, got shape {image.shape}: choose "
-                         "one plane of a stack")
-    return image
-
-
-def write_input(bundle: str, image: np.ndarray, folder: Path) -> Path:
-    """Write `image` where the bundle's inference reads it; returns the input folder to predict on."""
-    from cellzoo.io import write_image
-    from cellzoo.io.layouts import write_labelfree_field, write_lightmycells_image
-
-    folder = Path(folder)
-    if bundle == "isl_segmentation":  # a field with its one fluorescence plane (the shipped nuclei model's input)
-        write_labelfree_field(folder, ITEM, {"FLUO": _plane(image)})
-    elif bundle == "unetr_lightmycells":  # a LightMyCells study with one label-free plane
-        write_lightmycells_image(folder, "Study_1", ITEM, "BF", [_plane(image)], {})
-    else:  # MEDIAR, CUPre, PMC: a folder of images
-        image = np.asarray(image)
-        write_image(folder / f"{ITEM}.tif", image, "YXC" if image.ndim == 3 else "YX")
-    return folder
-
-
-def read_output(bundle: str, out: Path) -> Prediction:
-    """The prediction the bundle's inference wrote for the one image under `out`."""
-    from cellzoo.io import read_image, read_labels
-
-    out = Path(out)
-    if bundle == "pmc_detection":
-        document = json.loads(_one(out, f"coco/{ITEM}*.json").read_text())
-        boxes = np.array([[y, x, y + h, x + w] for x, y, w, h in (a["bbox"] for a in document["annotations"])],
-                         dtype=np.float32).reshape(-1, 4)
-        scores = np.array([a.get("score", 1.0) for a in document["annotations"]], dtype=np.float32)
-        return Prediction(bundle, boxes=boxes, scores=scores)
-    if bundle == "unetr_lightmycells":
-        return Prediction(bundle, image=np.squeeze(read_image(_one(out, "Study_1/*.ome.tiff"))[0]))
-    return Prediction(bundle, labels=read_labels(_one(out, f"labels/{ITEM}*_label.tif*")))
-
-
-def _one(folder: Path, pattern: str) -> Path:
-    found = sorted(folder.glob(pattern))
-    if not found:
-        raise RuntimeError(f"the prediction wrote no {pattern} under {folder}")
-    return found[0]
-
-
-def has_tta(bundle: str) -> bool:
-    """Whether the bundle's inference config has a `tta` switch."""
-    import yaml
-
-    from cellzoo.bundles import bundle_path
-
-    return "tta" in (yaml.safe_load((bundle_path(bundle) / "configs" / "inference.yaml").read_text()) or {})
 
 
 class PredictionJob:
@@ -233,7 +137,7 @@ def save_annotations(bundle: str, annotated: dict[str, tuple[np.ndarray, np.ndar
             raise InputError("this folder already holds annotations (choose another folder or allow overwriting)",
                              data)
         shutil.rmtree(data)
-    samples = [NucleusSample(_safe_name(name), _plane(image), np.asarray(labels).astype(np.int32))
+    samples = [NucleusSample(_safe_name(name), plane(image), np.asarray(labels).astype(np.int32))
                for name, (image, labels) in annotated.items()]
     write_layout(recipe.layout, samples, data)
     return data
@@ -242,7 +146,7 @@ def save_annotations(bundle: str, annotated: dict[str, tuple[np.ndarray, np.ndar
 def _safe_name(name: str) -> str:
     """An item name the layouts' file names and the datalists accept: letters, digits, '_' and '-'."""
     cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(name)).strip("_")
-    return cleaned or ITEM
+    return cleaned or "image"
 
 
 def fine_tune_overrides(bundle: str, items: list[str], folder: Path, init: str | Path | None, seed: int = 0,

@@ -147,7 +147,7 @@ class CellzooWidget(QWidget):
         self._bundle_changed(self.bundle.currentText())
 
     def _bundle_changed(self, bundle: str) -> None:
-        from cellzoo.interactive.loop import has_tta
+        from cellzoo.inference.single_image import has_tta
 
         self.checkpoint = None
         self.tta.setEnabled(has_tta(bundle))

@@ -169,11 +169,22 @@ def test_a_malformed_ome_zarr_gets_one_line_naming_it(tmp_path, breakage, messag
 
 
 # ---- the bundles themselves, 16k x 16k, in a child process whose peak memory is read ----
+# streamed (a 16k OME-Zarr) or in memory (a folder of images: the bundle's inference config as it is), in a
+# child process whose peak resident memory is read
 CHILD = r"""
 import json, resource, sys, time
+from cellzoo.bundles import run_config
 from cellzoo.inference.streaming import stream_predict
-bundle, source, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-summary = stream_predict(bundle, source, out, settings=settings, region_size=1024, halo=96, progress=False)
+from cellzoo.shipped_weights import shipped_weights
+bundle, source, out, settings, mode = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+started = time.perf_counter()
+if mode == "stream":
+    summary = stream_predict(bundle, source, out, settings=settings, region_size=1024, halo=96, progress=False)
+else:
+    shipped = shipped_weights(bundle)
+    run_config(bundle, "inference", quick=True, **{**shipped.settings, **settings}, input_dir=source, output_dir=out,
+               checkpoints=[str(shipped.checkpoint)], num_workers=0)
+    summary = {"seconds": round(time.perf_counter() - started, 1)}
 summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(summary))
 """
@@ -181,6 +192,7 @@ BIG = 16384
 # in memory, the 16k image (512 MB as uint16), its labels (1 GB as uint32) and MEDIAR's flows (3 GB as float32)
 # alone would pass 4.5 GB; streamed, the process holds torch, the network and one region (2.15 GB measured)
 PEAK_RSS_LIMIT_MB = 3072
+IN_MEMORY_4096_LIMIT_MB = 4096  # the 4096-px crop in memory, tiled as the bundle's inference tiles it
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +211,8 @@ def big_image(tmp_path_factory):
     return write_ome_zarr(folder / "big.ome.zarr", (BIG, BIG), pastes, chunks=1024), truth
 
 
-def _stream_in_child(bundle: str, source: Path, out: Path, settings: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, bundle, str(source), str(out), json.dumps(settings)],
+def _predict_in_child(bundle: str, source: Path, out: Path, settings: dict, mode: str = "stream") -> dict:
+    result = subprocess.run([sys.executable, "-c", CHILD, bundle, str(source), str(out), json.dumps(settings), mode],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -215,25 +227,24 @@ def _stream_in_child(bundle: str, source: Path, out: Path, settings: dict) -> di
                                                        ("cupre_instance_seg", {}, 0.85)])
 def test_a_16k_ome_zarr_streams_with_bounded_memory_and_matches_in_memory_prediction(
         big_image, tmp_path, bundle, settings, agreement):
-    from cellzoo.bundles import run_config
     from cellzoo.io import read_labels, write_tiff
     from cellzoo.metrics import evaluate_instances
-    from cellzoo.shipped_weights import shipped_weights
 
     source, truth = big_image
-    summary = _stream_in_child(bundle, source, tmp_path / "out.ome.zarr", settings)
+    summary = _predict_in_child(bundle, source, tmp_path / "out.ome.zarr", settings)
     print(bundle, "16k streamed:", json.dumps(summary))
     assert summary["complete"] and summary["regions"] == 256 and summary["predicted"] <= 16  # the regions whose context touches a field
     assert summary["peak_rss_mb"] < PEAK_RSS_LIMIT_MB, summary
     streamed = np.asarray(zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")["0"][:4096, :4096])
     against_truth = evaluate_instances([(truth, streamed)], iou=0.5)["f1"]
     assert against_truth > 0.7  # the cells, across the region borders too
-    # the same 4096-px crop predicted in memory by the bundle's own inference
+    # the same 4096-px crop predicted in memory by the bundle's own inference (MEDIAR: tiled network maps;
+    # CUPre: tiled detections), with its own memory bound
     crop = np.asarray(zarr.open_group(str(source), mode="r")["0"][:4096, :4096])
     write_tiff(tmp_path / "crop" / "crop.tif", crop, "YX")
-    shipped = shipped_weights(bundle)
-    run_config(bundle, "inference", quick=True, **{**shipped.settings, **settings}, input_dir=str(tmp_path / "crop"),
-               output_dir=str(tmp_path / "memory"), checkpoints=[str(shipped.checkpoint)], num_workers=0)
+    memory = _predict_in_child(bundle, tmp_path / "crop", tmp_path / "memory", settings, mode="memory")
+    print(bundle, "4096 in memory:", json.dumps(memory))
+    assert memory["peak_rss_mb"] < IN_MEMORY_4096_LIMIT_MB, memory
     in_memory = read_labels(next((tmp_path / "memory" / "labels").glob("crop*_label.tif*")))
     agreed = evaluate_instances([(in_memory, streamed)], iou=0.5)["f1"]
     print(bundle, f"F1 streamed vs truth {against_truth:.3f}, vs in-memory {agreed:.3f}")

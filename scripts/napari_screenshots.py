@@ -43,6 +43,46 @@ def _wait(app, widget, timeout: float = 900.0) -> None:
     app.processEvents()
 
 
+def _settle(app, viewer, seconds: float = 1.5) -> None:
+    """Let the canvas draw the layers added last (a screenshot right after a layer change can come out black)."""
+    viewer.reset_view()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.05)
+
+
+def _layers_picture(image, labels, limits, height: int):
+    """The image with the labels overlaid, drawn without OpenGL (skimage), `height` px high."""
+    import numpy as np
+    from skimage.color import label2rgb
+    from skimage.transform import resize
+
+    low, high = limits
+    grey = np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
+    picture = label2rgb(labels, grey, alpha=0.35, bg_label=0, image_alpha=1.0)
+    width = int(round(picture.shape[1] * height / picture.shape[0]))
+    return (resize(picture, (height, width), order=0) * 255).astype(np.uint8)
+
+
+def _grab(widget):
+    """The widget as an RGB(A) array (Qt renders it without OpenGL)."""
+    from skimage.io import imread
+
+    path = Path(tempfile.mkdtemp(prefix="cellzoo_grab_")) / "widget.png"
+    widget.grab().save(str(path))
+    return imread(path)
+
+
+def _save_side_by_side(left, right, path: Path) -> None:
+    import numpy as np
+    from skimage.io import imsave
+
+    height = max(left.shape[0], right.shape[0])
+    pad = [np.pad(p[..., :3], ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=38) for p in (left, right)]
+    imsave(path, np.concatenate(pad, axis=1), check_contrast=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realdata", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "realdata")
@@ -63,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         viewer.window._qt_window.resize(1500, 950)
         widget = CellzooWidget(viewer, work_dir=tempfile.mkdtemp(prefix="cellzoo_shots_"))
         viewer.window.add_dock_widget(widget, name="cellzoo", area="right")
-        viewer.add_image(sample.image, name=args.item, contrast_limits=np.percentile(sample.image, (1, 99.8)).tolist())
+        viewer.add_image(sample.image, name=args.item, contrast_limits=np.percentile(sample.image, (1, 99.5)).tolist())
         app = QApplication.instance()
         widget.image_layer.setCurrentText(args.item)
         widget.predict()
         _wait(app, widget)
         args.out.mkdir(parents=True, exist_ok=True)
+        _settle(app, viewer)
         viewer.screenshot(str(args.out / "napari_predict.png"), canvas_only=False)
         print(widget.status.text(), file=sys.stderr)
         viewer.layers["mediar_cellseg labels"].data = sample.labels.astype(np.int32)  # the corrected labels
@@ -79,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             if widget.checkpoint is None and widget.job is None:
                 raise RuntimeError(f"the fine-tuning failed: {widget.status.text()}")
         _wait(app, widget)
-        viewer.screenshot(str(args.out / "napari_fine_tune.png"), canvas_only=False)
         print(widget.status.text(), file=sys.stderr)
+        # napari's offscreen canvas draws black once a layer's data has been replaced (Mesa under Xvfb, even
+        # in a new viewer of the same process): this picture joins the widget itself to the same two layers
+        # drawn by skimage
+        panel = _grab(widget)
+        layers = _layers_picture(sample.image, np.asarray(viewer.layers["mediar_cellseg labels"].data),
+                                 viewer.layers[args.item].contrast_limits, panel.shape[0])
+        _save_side_by_side(layers, panel, args.out / "napari_fine_tune.png")
         viewer.close()
     finally:
         if server is not None:

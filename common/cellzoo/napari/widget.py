@@ -150,6 +150,7 @@ class CellzooWidget(QWidget):
         from cellzoo.inference.single_image import has_tta
 
         self.checkpoint = None
+        self.checkpoint_edit.setPlaceholderText("shipped weights")
         self.tta.setEnabled(has_tta(bundle))
         self.tune_button.setEnabled(can_fine_tune(bundle))
 
@@ -251,6 +252,7 @@ class CellzooWidget(QWidget):
             self._draw_curve(job.curve())
             self.checkpoint = result
             self.checkpoint_edit.clear()
+            self.checkpoint_edit.setPlaceholderText(f"fine-tuned: {result}")
             self.status.setText(f"fine-tuned in {time.perf_counter() - job.started:.0f} s: {result}; predicting again")
             self.predict()
             return
@@ -261,7 +263,8 @@ class CellzooWidget(QWidget):
         place = {"scale": source.scale[-2:], "translate": source.translate[-2:]}
         name = f"{prediction.bundle} {prediction.kind}"
         if prediction.kind == "labels":
-            self._replace(name, lambda: self.viewer.add_labels(prediction.labels, name=name, **place))
+            self._replace(name, lambda: self.viewer.add_labels(prediction.labels, name=name, **place),
+                          prediction.labels)
             self.labels_layer.setCurrentText(name)
         elif prediction.kind == "boxes":
             rectangles = [np.array([[y0, x0], [y1, x1]]) for y0, x0, y1, x1 in prediction.boxes]
@@ -273,7 +276,7 @@ class CellzooWidget(QWidget):
                 np.array(centres).reshape(-1, 2), name=f"{name} centres", size=4, face_color="red", **place))
         else:
             self._replace(name, lambda: self.viewer.add_image(prediction.image, name=name, colormap="magenta",
-                                                              blending="additive", **place))
+                                                              blending="additive", **place), prediction.image)
         self.last_prediction = prediction
         spacing = tuple(source.scale[-2:]) if source.metadata.get("physical_size_um") else None
         self.table_rows = prediction.cell_table(self._image_plane(source), spacing)
@@ -281,7 +284,12 @@ class CellzooWidget(QWidget):
         self.status.setText(f"{prediction.count} cells in {prediction.seconds:.1f} s ({prediction.bundle})"
                             if prediction.kind != "image" else f"stain predicted in {prediction.seconds:.1f} s")
 
-    def _replace(self, name: str, add) -> None:
+    def _replace(self, name: str, add, data=None) -> None:
+        """A new layer, or new data in the layer of that name (kept with the user's display settings, and
+        the canvas keeps drawing: removing and re-adding a layer left napari's offscreen canvas black)."""
+        if name in self.viewer.layers and data is not None:
+            self.viewer.layers[name].data = data
+            return
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         add()

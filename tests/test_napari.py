@@ -14,6 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 napari = pytest.importorskip("napari", reason="the napari extra is not installed (pip install -e '.[napari]')")
+if not os.environ.get("DISPLAY"):  # pytest-xvfb sets it when Xvfb is installed; napari's canvas needs OpenGL on X
+    pytest.skip("no X server for napari's OpenGL canvas: apt-get install xvfb (pytest-xvfb starts it)",
+                allow_module_level=True)
 
 from cellzoo.benchmarks.samples import synthetic_nuclei  # noqa: E402
 from cellzoo.errors import InputError  # noqa: E402

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 
 from cellzoo.errors import InputError
 from cellzoo.inference.predictor import halo_tiles
+from cellzoo.inference.single_image import read_output, write_input
+from cellzoo.io.files import write_text
 from cellzoo.io.lazy import LazyImage, open_lazy
 
 __all__ = ["ID_STRIDE", "RegionPredictor", "stream_predict"]
@@ -56,7 +58,6 @@ class RegionPredictor:
         from monai.bundle import ConfigParser
 
         from cellzoo.bundles import as_config_data, bundle_path, config_files
-        from cellzoo.inference.single_image import write_input
         from cellzoo.shipped_weights import shipped_weights
 
         self.bundle = bundle
@@ -69,9 +70,8 @@ class RegionPredictor:
             checkpoint, settings = [shipped.checkpoint], {**shipped.settings, **settings}
             quick = shipped.quick if quick is None else quick
         checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
-        self._write_input = write_input
         self.input, self.output = self.work / "input", self.work / "output"
-        self._write_input(bundle, np.zeros((64, 64), np.float32), self.input)  # the datalist lists it
+        write_input(bundle, np.zeros((64, 64), np.float32), self.input)  # the datalist lists it
         parser = ConfigParser()
         parser.read_config(config_files(bundle, "inference", bool(quick)))
         parser["bundle_root"] = str(bundle_path(bundle))
@@ -85,9 +85,7 @@ class RegionPredictor:
         self.evaluator = parser.get_parsed_content("evaluator")
 
     def __call__(self, region: np.ndarray):
-        from cellzoo.inference.single_image import read_output
-
-        self._write_input(self.bundle, region, self.input)
+        write_input(self.bundle, region, self.input)
         shutil.rmtree(self.output, ignore_errors=True)
         self.evaluator.run()
         return read_output(self.bundle, self.output)
@@ -106,7 +104,7 @@ def _ngff_attributes(kind: str, axes: str, size_um, source: Path) -> dict:
 
 
 def _open_output(output: Path, kind: str, image: LazyImage, state: dict, overwrite: bool):
-    """The output group (created, or reopened to resume) and its array (None for boxes)."""
+    """The output's array (None for boxes) and the regions already written (created, or reopened to resume)."""
     import zarr
 
     saved = output / STATE
@@ -116,7 +114,7 @@ def _open_output(output: Path, kind: str, image: LazyImage, state: dict, overwri
             raise InputError("the output holds a run with other settings (another image, bundle or region "
                              "size): choose another --output or pass --overwrite", output)
         group = zarr.open_group(str(output), mode="r+")
-        return group, (group[LEVEL] if kind != "boxes" else None), set(previous.get("done", []))
+        return (group[LEVEL] if kind != "boxes" else None), set(previous.get("done", []))
     if output.exists():
         if not overwrite and any(output.iterdir()):
             raise InputError("the output folder exists and is not a run of this image; pass --overwrite", output)
@@ -129,13 +127,11 @@ def _open_output(output: Path, kind: str, image: LazyImage, state: dict, overwri
                                    dtype="uint32" if kind == "labels" else "float32", fill_value=0)
         group.attrs.update(_ngff_attributes(kind, "yx", image.physical_size_um, image.path))
     _write_state(output, {**state, "done": []})
-    return group, array, set()
+    return array, set()
 
 
 def _write_state(output: Path, state: dict) -> None:
-    tmp = output / f"{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(output / STATE)
+    write_text(output / STATE, json.dumps(state, indent=1))  # atomic: an interruption leaves the last state
 
 
 # ---- merging one region ----
@@ -155,41 +151,43 @@ def _keep_labels(local: np.ndarray, core: tuple[slice, slice], origin: tuple[int
     return keep
 
 
-def _merge_labels(array, local: np.ndarray, tile, index: int) -> list[int]:
-    """Write the region's kept cells into the output window; returns their global ids."""
+def _merge_labels(array, local: np.ndarray, tile, index: int) -> tuple[np.ndarray, list[int]]:
+    """Write the region's kept cells into the output window; returns the window as written and their ids."""
+    from scipy import ndimage
+
     context = tile.context
     window = np.asarray(array[context])
     written = []
     keep = _keep_labels(local, tile.core, (context[0].start, context[1].start))
     if len(keep) >= ID_STRIDE:
         raise InputError(f"a region holds {len(keep)} cells, more than {ID_STRIDE - 1}: use a smaller --region-size")
+    boxes = ndimage.find_objects(local)  # each cell is compared within its own box, not the whole window
     for rank, label in enumerate(keep, start=1):
-        mask = local == label
-        gid = index * ID_STRIDE + rank
-        taken = (window[mask] != 0) & (window[mask] != gid)
+        box, gid = boxes[label - 1], index * ID_STRIDE + rank
+        mask, part = local[box] == label, window[box]
+        taken = (part[mask] != 0) & (part[mask] != gid)
         if taken.mean() > 0.5:  # written by a neighbour already: the same cell seen from both sides
             continue
-        window[mask & ((window == 0) | (window == gid))] = gid
+        part[mask & ((part == 0) | (part == gid))] = gid
         written.append(gid)
     array[context] = window
-    return written
+    return window, written
 
 
-def _cell_rows(array, tile, gids: list[int], region: np.ndarray) -> list[dict]:
+def _cell_rows(window: np.ndarray, tile, gids: list[int], region: np.ndarray) -> list[dict]:
+    """cellzoo's measurements of the cells `gids` of the written window, in image coordinates."""
     from cellzoo.postprocess.measure import measure_cells
 
     if not gids:
         return []
-    window = np.asarray(array[tile.context])
     labels = np.where(np.isin(window, gids), window, 0)
     rows = measure_cells(labels, region, channel_axis=-1 if region.ndim == 3 else None)
+    y0, x0 = tile.context[0].start, tile.context[1].start
     for row in rows:
-        row["centroid_y"] += tile.context[0].start
-        row["centroid_x"] += tile.context[1].start
-        for key in ("bbox_min_y", "bbox_max_y"):
-            row[key] += tile.context[0].start
-        for key in ("bbox_min_x", "bbox_max_x"):
-            row[key] += tile.context[1].start
+        for key in ("centroid_y", "bbox_min_y", "bbox_max_y"):
+            row[key] += y0
+        for key in ("centroid_x", "bbox_min_x", "bbox_max_x"):
+            row[key] += x0
     return rows
 
 
@@ -222,7 +220,7 @@ def stream_predict(bundle: str, source: str | Path, output: str | Path, checkpoi
     tiles = halo_tiles(image.yx, int(region_size), int(halo))
     if len(tiles) >= (1 << 32) // ID_STRIDE:
         raise InputError(f"{len(tiles)} regions are too many for unique ids: use a larger --region-size")
-    group, array, done = _open_output(output, kind, image, state, overwrite)
+    array, done = _open_output(output, kind, image, state, overwrite)
     parts = output / "parts"
     parts.mkdir(exist_ok=True)
     predictor, started, predicted, skipped = None, time.perf_counter(), 0, 0
@@ -254,8 +252,8 @@ def stream_predict(bundle: str, source: str | Path, output: str | Path, checkpoi
 def _write_region(kind: str, prediction, array, tile, index: int, region: np.ndarray, parts: Path) -> None:
     part = parts / f"region_{index:06d}.json"
     if kind == "labels":
-        gids = _merge_labels(array, prediction.labels, tile, index)
-        rows = _cell_rows(array, tile, gids, region)
+        window, gids = _merge_labels(array, prediction.labels, tile, index)
+        rows = _cell_rows(window, tile, gids, region)
     elif kind == "boxes":
         rows = [dict(zip(("y0", "x0", "y1", "x1", "score"), box)) for box in _boxes_in_core(prediction, tile)]
     else:

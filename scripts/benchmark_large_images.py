@@ -23,12 +23,13 @@ import numpy as np
 import zarr
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
+from cellzoo.memory import peak_rss_mb
 from cellzoo.inference.streaming import stream_predict
 bundle, source, out = sys.argv[1:4]
 summary = stream_predict(bundle, source, out, settings=json.loads(sys.argv[4]), region_size=1024, halo=96,
                          progress=False, overwrite=True)
-summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+summary["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(summary))
 """
 SETTINGS = {"mediar_cellseg": {"tta": False}, "isl_segmentation": {"tta": False}}

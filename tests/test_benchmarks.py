@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +214,15 @@ def test_the_costliest_declared_studies_start_first():
                                                "isl_segmentation")] == [4, 3, 2, 1]
     job = bench.Job(bench.TASKS["nuclei_real"], entries["pmc_detection"], Path("d"), Path("o"), None, ())
     assert bench._expected_cost(job) == 8
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents() -> None:
+    """ru_maxrss survives execve on Linux: a child of a big pytest process read 3.1 GB in CI. VmHWM does not."""
+    from cellzoo.memory import peak_rss_mb
+
+    held = np.ones(400 * 2**20, np.uint8)  # 400 MiB touched in this process
+    assert peak_rss_mb() > 400
+    child = subprocess.run([sys.executable, "-c", "from cellzoo.memory import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 300 < peak_rss_mb(), child.stdout
+    del held

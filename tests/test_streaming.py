@@ -172,7 +172,8 @@ def test_a_malformed_ome_zarr_gets_one_line_naming_it(tmp_path, breakage, messag
 # streamed (a 16k OME-Zarr) or in memory (a folder of images: the bundle's inference config as it is), in a
 # child process whose peak resident memory is read
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from cellzoo.memory import peak_rss_mb
 from cellzoo.bundles import run_config
 from cellzoo.inference.streaming import stream_predict
 from cellzoo.shipped_weights import shipped_weights
@@ -185,7 +186,7 @@ else:
     run_config(bundle, "inference", quick=True, **{**shipped.settings, **settings}, input_dir=source, output_dir=out,
                checkpoints=[str(shipped.checkpoint)], num_workers=0)
     summary = {"seconds": round(time.perf_counter() - started, 1)}
-summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+summary["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(summary))
 """
 BIG = 16384

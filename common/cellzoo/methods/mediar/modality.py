@@ -35,9 +35,10 @@ def discover_modalities(
             best, best_inertia = labels, inertia
     best = np.asarray(best, dtype=np.int64)
     sizes = np.bincount(best, minlength=k)
+    # plain ints: napari's pytest plugin turns numpy scalars in log arguments into strings, which %d refuses
     logger.info("modality discovery: %d images in %d modalities (k = %d asked; images per modality: min %d, "
-                "median %d, max %d; %d empty)", len(data), int((sizes > 0).sum()), asked, sizes.min(),
-                int(np.median(sizes)), sizes.max(), int((sizes == 0).sum()))
+                "median %d, max %d; %d empty)", len(data), int((sizes > 0).sum()), asked, int(sizes.min()),
+                int(np.median(sizes)), int(sizes.max()), int((sizes == 0).sum()))
     return best
 
 

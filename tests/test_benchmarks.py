@@ -101,6 +101,7 @@ class FakeStudies:
     def __init__(self, wrong_split_for: str | None = None):
         self.commands: list[list[str]] = []
         self.wrong_split_for = wrong_split_for
+        self.waited: list[bool] = []  # per job that starts from a shared pretraining: was it there
 
     def __call__(self, command, stdout=None, stderr=None, env=None):
         self.commands.append(command)
@@ -113,6 +114,14 @@ class FakeStudies:
         job = next(j for j in self.jobs if j.entry.bundle == bundle and str(j.data) == data)
         test = list(job.test_items) if bundle != self.wrong_split_for else ["elsewhere"]
         (out / "study.json").write_text(json.dumps({"test_items": test}))
+        if "--pretrained-from" in command:  # started only once its shared pretraining has finished
+            shared = Path(command[command.index("--pretrained-from") + 1])
+            self.waited.append((shared / "pretrain_shared" / "done.json").is_file())
+        if "--pretrain-only" in command:
+            done = out / f"seed{command[command.index('--seeds') + 1]}" / "pretrain_shared" / "done.json"
+            done.parent.mkdir(parents=True)
+            done.write_text(json.dumps({"minutes": 2.0}))
+            return self.Done()
         with open(out / f"{bundle}_{task}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["bundle", "task", "arm", "n", "seed", "metric", "value"])
@@ -129,11 +138,10 @@ class FakeStudies:
                         reason = "early stop: no better val in 3 validations" if seed == "0" else "time limit of 10 min"
                         (result.parent / "training_summary.json").write_text(
                             json.dumps({"stop_reason": reason, "plateau": seed == "0"}))
+        return self.Done()
 
-        class Done:
-            returncode = 0
-
-        return Done()
+    class Done:
+        returncode = 0
 
 
 def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_path, monkeypatch):
@@ -145,10 +153,15 @@ def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_pat
     docs = tmp_path / "docs" / "label_efficiency.md"
     rows = bench.run_benchmark(tmp_path / "out", [0, 1], smoke=True, tasks=["nuclei_synthetic", "labelfree_synthetic"],
                                jobs=2, docs=docs)
-    assert len(fake.commands) == 7 * 2  # (4 nucleus methods and cellpose, 2 label-free methods) x 2 seeds
+    # (4 nucleus methods and cellpose, 2 label-free methods) x 2 seeds, and one pretraining job for each of the
+    # 4 methods with a pretrained arm (MEDIAR, CUPre, PMC, UNETR), run before the seeds that start from it
+    assert len(fake.commands) == 7 * 2 + 4
+    pretrainings = [c for c in fake.commands if "--pretrain-only" in c]
+    assert len(pretrainings) == 4 and fake.waited == [True] * 8
+    assert all(c[c.index("--seeds") + 1] == "0" and c[c.index("--out") + 1].endswith("pretrain") for c in pretrainings)
     folders = {command[command.index("--out") + 1] for command in fake.commands}
-    assert len(folders) == 14  # each seed of a study in its own folder: two processes never share one
-    for command in fake.commands:
+    assert len(folders) == 18  # each seed of a study in its own folder: two processes never share one
+    for command in (c for c in fake.commands if c not in pretrainings):
         assert command[command.index("--n-test") + 1] == "2" and command[command.index("--sizes") + 1] == "1,2"
         seed = command[command.index("--seeds") + 1]
         assert seed in ("0", "1") and command[command.index("--out") + 1].endswith(f"seed{seed}") and "--smoke" in command
@@ -170,8 +183,9 @@ def test_benchmark_runs_every_study_with_one_split_and_writes_the_report(tmp_pat
     assert "| nuclei_synthetic | fine-tune | cellpose | scratch | 2 | 1.0 | 2 | 1 of 2 |" in report
     with open(tmp_path / "out" / "label_efficiency_times.csv") as handle:
         times = list(csv.DictReader(handle))
-    assert len(times) == 2 * 2 * (2 + 2 + 2 + 1 + 1 + 1 + 2)  # seeds x sizes x arms
-    assert {(row["seed"], row["stopped"], row["plateau"]) for row in times} == {
+    assert len(times) == 2 * 2 * (2 + 2 + 2 + 1 + 1 + 1 + 2) + 4  # seeds x sizes x arms, and the 4 pretrainings
+    assert len([row for row in times if row["step"] == "pretrain" and row["seed"] == "0"]) == 4
+    assert {(row["seed"], row["stopped"], row["plateau"]) for row in times if row["step"] == "fine-tune"} == {
         ("0", "early stop: no better val in 3 validations", "True"), ("1", "time limit of 10 min", "False")}
     # MEDIAR: equal arms; of its 4 fine-tunings at N = 2 (2 arms, 2 seeds) the 2 of seed 0 stopped on a plateau
     assert "| nuclei_synthetic | 2 | 2 | +0.000 f1 | within noise | 2 of 4 |" in report
@@ -194,8 +208,10 @@ def test_a_study_that_split_otherwise_is_reported(tmp_path, monkeypatch):
     fake = FakeStudies(wrong_split_for="unetr_lightmycells")
     fake.jobs = bench.plan_jobs([TINY["labelfree_synthetic"]], tmp_path / "out", REALDATA)
     monkeypatch.setattr(bench.subprocess, "run", fake)
-    with pytest.raises(RuntimeError, match="1 of 2 studies failed: unetr_lightmycells on labelfree_synthetic \\(seed 0\\): "
-                                           "the study tested on \\['elsewhere'\\]"):
+    # its pretraining job tested elsewhere, so the seed that starts from it is not run either
+    with pytest.raises(RuntimeError, match="2 of 3 studies failed: unetr_lightmycells on labelfree_synthetic \\(pretraining, "
+                                           "seed 0\\): the study tested on \\['elsewhere'\\].*; unetr_lightmycells on "
+                                           "labelfree_synthetic \\(seed 0\\) not run: .*\\(pretraining, seed 0\\) failed"):
         bench.run_benchmark(tmp_path / "out", [0], tasks=["labelfree_synthetic"])
     assert "isl: scratch" in (tmp_path / "out" / "label_efficiency.md").read_text()  # what finished is reported
 
@@ -226,3 +242,34 @@ def test_peak_memory_of_a_child_is_its_own_not_its_parents() -> None:
                            capture_output=True, text=True, check=True)
     assert float(child.stdout) < 300 < peak_rss_mb(), child.stdout
     del held
+
+
+def test_jobs_wait_for_the_job_they_come_after_and_are_skipped_when_it_failed():
+    """Two slots: the seeds' jobs start only when their shared pretraining has succeeded, a free slot meanwhile
+    takes a job that waits for nothing, and the jobs after a failed pretraining are skipped, not run."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    def job(label, after=None):
+        return SimpleNamespace(label=label, after=after)
+
+    jobs = [job("pre A"), job("pre B"), job("A 0", "pre A"), job("A 1", "pre A"), job("B 0", "pre B"), job("free")]
+    events, lock = [], threading.Lock()
+
+    def work(j) -> bool:
+        with lock:
+            events.append(("start", j.label))
+        time.sleep(0.2 if j.label == "pre A" else 0.01)
+        with lock:
+            events.append(("end", j.label))
+        return j.label != "pre B"
+
+    skipped = []
+    bench.run_after_dependencies(jobs, 2, work, lambda j: skipped.append(j.label))
+    order = [label for kind, label in events if kind == "start"]
+    assert events.index(("end", "pre A")) < min(events.index(("start", "A 0")), events.index(("start", "A 1")))
+    assert order.index("free") < order.index("A 0")  # the slot did not idle while "pre A" ran
+    assert skipped == ["B 0"] and "B 0" not in order and len(order) == 5
+    with pytest.raises(ValueError, match="not planned"):
+        bench.run_after_dependencies([job("x", "nowhere")], 2, work, skipped.append)

@@ -100,6 +100,26 @@ def test_each_arm_starts_from_the_weights_it_names(fields, tmp_path, monkeypatch
     assert "[14/14] seed 1: arm 'pretrained', N=4" in capsys.readouterr().err
 
 
+def test_seeds_share_one_pretraining_run_by_a_pretraining_only_study(fields, tmp_path, monkeypatch, capsys):
+    """--pretrain-only runs the pretraining and no fine-tuning; --pretrained-from makes every seed's arms start
+    from it without pretraining again, and refuses a folder without it or one that tested on other items."""
+    recorder = Recorder()
+    monkeypatch.setattr(engine, "run_config", recorder)
+    assert study(fields, tmp_path / "pre", seeds=[0], pretrain_only=True) == []
+    assert len(recorder.of("pretrain")) == 1 and not recorder.of("train") and not recorder.of("evaluate")
+    shared = tmp_path / "pre" / "nuclei" / "seed0"
+    recorder.calls.clear()
+    rows = study(fields, tmp_path / "tuned", seeds=[1, 2], pretrained_from=shared)
+    assert not recorder.of("pretrain") and len(recorder.of("train")) == 2 * 3 * 2
+    inits = {t["init_ckpt"] for t in recorder.of("train") if "pretrained" in t["ckpt_dir"]}
+    assert inits == {str(shared / "pretrain_pretext" / "model.pt")}
+    assert {r["seed"] for r in rows} == {1, 2} and "shared from" in capsys.readouterr().err
+    with pytest.raises(InputError, match="no finished pretraining 'pretext'"):
+        study(fields, tmp_path / "other", pretrained_from=tmp_path / "nowhere")
+    with pytest.raises(InputError, match="left out"):  # another test split: the pretraining saw test items
+        study(fields, tmp_path / "other_split", n_test=3, pretrained_from=shared)
+
+
 def test_an_interrupted_study_resumes_where_it_stopped(fields, tmp_path, monkeypatch):
     killed = Recorder(fail_at=5)  # pretrain, then (train, evaluate) x 2, then killed during the next training
     monkeypatch.setattr(engine, "run_config", killed)

@@ -451,7 +451,8 @@ class CellzooCLI:
 
     def study(self, bundle: str, data: str, sizes="1,4,12", arms=None, seeds="0", task: str | None = None,
               quick: bool = False, out: str = "study", pretrain_data: str | None = None, n_test: int | None = None,
-              set=None, pretrain_set=None, smoke: bool = False):
+              set=None, pretrain_set=None, smoke: bool = False, pretrained_from: str | None = None,
+              pretrain_only: bool = False):
         """Label-efficiency study of a bundle: arms x label budgets x seeds through the bundle's own configs.
 
         The bundle's configs/study.yaml declares its tasks, arms and key metric. DATA is a labelled data set
@@ -464,11 +465,15 @@ class CellzooCLI:
         Writes <out>/<task>/<bundle>_<task>.csv (bundle, task, arm, n, seed, metric, value), .png and .md.
         --set "{inputs: [DIC]}" sets keys of the bundle's configs for every step (values are data);
         --pretrain-set "{max_epochs: 100}" sets keys for the pretraining steps only, after --set.
+        --pretrained-from OUT/TASK/seed0: every seed starts from the finished pretrainings of that seed folder
+        of an earlier study (same data and test items) instead of pretraining per seed; --pretrain-only runs
+        the pretrainings and stops.
         """
         from cellzoo.studies import load_study, markdown_table, run_study, write_report
 
         spec = load_study(bundle).task(task)
         quick, smoke = _flag(quick, "--quick"), _flag(smoke, "--smoke")
+        pretrain_only = _flag(pretrain_only, "--pretrain-only")
         settings = _config_settings(set, bundle, spec.finetune.config, quick)
         pretrain_settings = _pretrain_settings(pretrain_set, bundle, spec, quick)
         rows = run_study(bundle, _path(data, "--data"), _float_list(sizes, "--sizes"),
@@ -476,7 +481,12 @@ class CellzooCLI:
                          task=spec.name, quick=quick, out=_path(out, "--out"),
                          pretrain_data=None if pretrain_data is None else _path(pretrain_data, "--pretrain-data"),
                          n_test=None if n_test is None else int(n_test), settings=settings,
-                         pretrain_settings=pretrain_settings, smoke=smoke)
+                         pretrain_settings=pretrain_settings, smoke=smoke,
+                         pretrained_from=None if pretrained_from is None else _path(pretrained_from, "--pretrained-from"),
+                         pretrain_only=pretrain_only)
+        if pretrain_only:
+            print(f"pretrainings done: {Path(str(out)) / spec.name}")
+            return
         files = write_report(rows, spec.metric, Path(str(out)) / spec.name, f"{Path(str(bundle)).name}_{spec.name}")
         print(markdown_table(rows, spec.metric), end="")
         print("written: " + ", ".join(str(path) for path in files.values()))

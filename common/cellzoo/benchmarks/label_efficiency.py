@@ -11,7 +11,10 @@ metrics.json map onto the benchmark's common metrics. The benchmark
 2. runs `cellzoo study --quick` once per (task, bundle, seed) in its own process and folder, `jobs` at a
    time, one CPU thread each, the costliest first (per seed rather than per study, so that the two slots end
    together: one study's three seeds in one process would leave a slot idle for an hour); an interrupted
-   benchmark resumes: the studies skip their finished steps. Every fine-tuning and
+   benchmark resumes: the studies skip their finished steps. A bundle's pretrainings run once, as a job of
+   their own started first (`cellzoo study --pretrain-only`, with the first seed), and the seeds'
+   fine-tunings start from them (`--pretrained-from`): the seeds vary the training sets and the fine-tuning,
+   not the pretraining, which would otherwise be a third of PMC's cost three times. Every fine-tuning and
    pretraining trains the quick network until its validation score stops improving (each config's
    convergence rule, the same for every method and arm); `smoke` instead gives them study.yaml's fixed tiny
    budgets, a check for CI that every step runs, whose figures are not results;
@@ -29,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,10 +116,14 @@ class Job:
     pretrain_data: Path | None
     test_items: tuple[str, ...]
     seed: int = 0
+    pretrain_only: bool = False  # the entry's pretrainings, shared by its seeds' jobs
+    pretrained_from: Path | None = None  # the seed folder of the pretraining job this one starts from
+    after: str | None = None  # the label of the job that must finish first (that pretraining job)
 
     @property
     def label(self) -> str:
-        return f"{self.entry.bundle} on {self.task.name} (seed {self.seed})"
+        step = "pretraining, " if self.pretrain_only else ""
+        return f"{self.entry.bundle} on {self.task.name} ({step}seed {self.seed})"
 
 
 def bundle_entries() -> list[Entry]:
@@ -184,9 +190,21 @@ def _pretrain_folder(kind: str, out: Path) -> Path:
     return _prepared(folder, lambda f: write_layout("cellseg", labelled, f))
 
 
+def _pretrains(entry: Entry) -> bool:
+    """Whether an arm of the entry starts from a pretraining."""
+    from cellzoo.benchmarks.cellpose_peer import PEER
+    from cellzoo.studies import load_study
+
+    if entry.bundle == PEER:
+        return False
+    arms = load_study(entry.bundle).task(entry.study_task).arms
+    return any(arms[arm].init is not None for arm in entry.arms)
+
+
 def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry] | None = None,
               seeds: tuple[int, ...] = (0,)) -> list[Job]:
-    """Write the data of every (task, bundle) and return the study jobs: one per seed, each in its own folder."""
+    """Write the data of every (task, bundle) and return the study jobs: one per seed, each in its own folder,
+    after one pretraining job where an arm starts from a pretraining."""
     jobs = []
     for task in tasks:
         labelled, unlabelled = _samples(task, realdata)
@@ -197,8 +215,14 @@ def plan_jobs(tasks: list[Task], out: Path, realdata: Path, entries: list[Entry]
             data = _prepared(out / "data" / task.name / entry.layout,
                              lambda f: write_layout(entry.layout, labelled, f, unlabelled))
             pretrain = None if entry.pretrain_data is None else _pretrain_folder(entry.pretrain_data, out)
-            jobs += [Job(task, entry, data, out / "studies" / task.name / entry.bundle / f"seed{seed}", pretrain,
-                         tuple(test), int(seed)) for seed in seeds]
+            folder = out / "studies" / task.name / entry.bundle
+            shared = None
+            if _pretrains(entry):
+                shared = Job(task, entry, data, folder / "pretrain", pretrain, tuple(test), int(seeds[0]), pretrain_only=True)
+                jobs.append(shared)
+            jobs += [Job(task, entry, data, folder / f"seed{seed}", pretrain, tuple(test), int(seed),
+                         pretrained_from=None if shared is None else shared.out / entry.study_task / f"seed{shared.seed}",
+                         after=None if shared is None else shared.label) for seed in seeds]
     return jobs
 
 
@@ -222,6 +246,10 @@ def study_command(job: Job, seeds: list[int], smoke: bool, paper: bool = False) 
         command.append("--smoke")
     if job.pretrain_data is not None:
         command += ["--pretrain-data", str(job.pretrain_data)]
+    if job.pretrain_only:
+        command.append("--pretrain-only")
+    if job.pretrained_from is not None:
+        command += ["--pretrained-from", str(job.pretrained_from)]
     for option, values in (("--set", {**job.entry.settings, **job.entry.rule}),
                            ("--pretrain-set", job.entry.pretrain_settings)):
         if values:
@@ -256,6 +284,8 @@ def collect_rows(job: Job) -> list[dict]:
     """The study's rows with the benchmark's metric names: task, method (bundle), arm, n, seed, metric, value."""
     import csv
 
+    if job.pretrain_only:
+        return []
     path = job.out / job.entry.study_task / f"{job.entry.bundle}_{job.entry.study_task}.csv"
     names = {theirs: ours for ours, theirs in job.entry.metrics.items()}
     with open(path, newline="") as handle:
@@ -312,27 +342,69 @@ def run_benchmark(out: str | Path, seeds: list[int], smoke: bool = False, tasks:
             print(f"[{len(done)}/{len(planned)} done, {time.perf_counter() - started:.0f} s] {message}",
                   file=sys.stderr, flush=True)
 
-    def work(job: Job) -> None:
+    def work(job: Job) -> bool:
         try:
             seconds = run_job(job, smoke, paper, progress)
         except RuntimeError as err:  # the others go on; the report says what is missing
             failed.append(str(err))
             progress(str(err))
-            return
+            return False
         done.append(job)
         progress(f"finished {job.label} in {seconds:.0f} s")
+        return True
 
-    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        list(pool.map(work, sorted(planned, key=lambda job: (-_expected_cost(job), job.seed))))
+    # the pretrainings first (the seeds' jobs wait for them), then the costliest
+    run_after_dependencies(sorted(planned, key=lambda job: (not job.pretrain_only, -_expected_cost(job), job.seed)),
+                           int(jobs), work, lambda job: failed.append(f"{job.label} not run: {job.after} failed"))
     rows = [row for job in planned if job in done for row in collect_rows(job)]
     times = [row for job in planned if job in done for row in collect_times(job)]
     curves = [(job.task.name, job.entry.bundle, job.out / job.entry.study_task) for job in planned
-              if job in done and job.seed == seeds[0]]  # the report plots the first seed's curves
+              if job in done and job.seed == seeds[0] and not job.pretrain_only]  # the report plots the first seed's curves
     write_benchmark_report(rows, chosen, out, seeds, smoke, time.perf_counter() - started, docs, times=times,
                            curves=curves)
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(planned)} studies failed: " + "; ".join(failed))
     return rows
+
+
+def run_after_dependencies(jobs: list[Job], slots: int, work, skipped) -> None:
+    """Run `work(job)` (True when it succeeded) on `slots` threads, taking jobs in the order given, each once
+    the job named by its `after` has succeeded; `skipped(job)` instead where that one failed."""
+    labels = {job.label for job in jobs}
+    missing = sorted({job.after for job in jobs if job.after is not None and job.after not in labels})
+    if missing:
+        raise ValueError(f"jobs wait for jobs not planned: {missing}")
+    pending, finished = list(jobs), {}  # label -> whether it succeeded
+    changed = threading.Condition()
+
+    def take() -> Job | None:
+        with changed:
+            while pending:
+                ready = [job for job in pending if job.after is None or job.after in finished]
+                if ready:
+                    pending.remove(ready[0])
+                    return ready[0]
+                changed.wait()
+            return None
+
+    def slot() -> None:
+        while (job := take()) is not None:
+            ok = False
+            try:
+                if job.after is None or finished[job.after]:
+                    ok = work(job)
+                else:
+                    skipped(job)
+            finally:  # recorded even if `work` raised, so no job waits for it forever
+                with changed:
+                    finished[job.label] = ok
+                    changed.notify_all()
+
+    threads = [threading.Thread(target=slot) for _ in range(max(1, slots))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _check_tasks(tasks: list[str] | None) -> list[str]:

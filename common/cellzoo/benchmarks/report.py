@@ -155,7 +155,8 @@ def _times_section(times: list[dict]) -> list[str]:
         groups.setdefault((row["task"], row["step"], row["method"], row["arm"], row["n"]), []).append(row)
     lines = ["## Cost and convergence", "",
              "Minutes per run on this machine (mean over seeds, one CPU thread per study, two studies at once); "
-             "an arm that starts from a pretraining also costs that pretraining (once per seed). *On a plateau*: "
+             "an arm that starts from a pretraining also costs that pretraining (run once, with the first seed, and "
+             "shared by the seeds' fine-tunings). *On a plateau*: "
              "the runs that stopped because their validation score had not improved for the patience of their "
              "config; the others stopped at a guard (10 minutes, or the maximum) and may still have been learning, "
              "so their figures are lower bounds.", "",

@@ -9,7 +9,9 @@ For one task of a bundle (declared in its `configs/study.yaml`, see `cellzoo.stu
 3. Per seed, each pretraining an arm needs runs once (on every item of the data set but the test items,
    labelled or not, since it uses no labels; or on `--pretrain-data`); then per budget and arm the
    fine-tuning config trains from the arm's initial weights (`init_ckpt`) and the evaluation config scores
-   the test items (`<output_dir>/metrics.json`).
+   the test items (`<output_dir>/metrics.json`). A study can instead take its pretrainings from another
+   study's seed folder (`pretrained_from`: one pretraining shared by the seeds, as the benchmark does), or
+   run its pretrainings only (`pretrain_only`).
 
 Every step writes into `<out>/<task>/seed<k>/...`; a finished step leaves a marker, so an interrupted study
 run again with the same arguments skips what is done. The result is a long table (bundle, task, arm, n,
@@ -55,27 +57,35 @@ class Study:
     pretrain_data: Path | None = None
     settings: dict = field(default_factory=dict)  # the user's --set values, for every step
     pretrain_settings: dict = field(default_factory=dict)  # --pretrain-set values, for pretraining steps only
+    pretrained_from: Path | None = None  # a seed folder of another study whose pretrainings every seed starts from
+    pretrain_only: bool = False  # run the pretrainings, no fine-tuning
 
 
 def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), task: str | None = None, quick: bool = False, out: str | Path = "study",
               pretrain_data: str | Path | None = None, n_test: int | None = None, split_seed: int = 0,
-              settings: dict | None = None, pretrain_settings: dict | None = None, smoke: bool = False) -> list[dict]:
+              settings: dict | None = None, pretrain_settings: dict | None = None, smoke: bool = False,
+              pretrained_from: str | Path | None = None, pretrain_only: bool = False) -> list[dict]:
     """Run (or resume) a study; returns its rows {bundle, task, arm, n, seed, metric, value}.
 
     `sizes` are label budgets: numbers of labelled items, or fractions (0 < f < 1) of the training pool.
     `settings` are config values for every step (e.g. the input planes of a data set), `pretrain_settings`
     for the pretraining steps only, after `settings` (e.g. a longer pretraining). Every training stops by
     its config's convergence rule; `smoke` (implies `quick`) replaces it by the fixed tiny budgets of
-    study.yaml's `smoke:` section, a check that the steps run, not a result.
+    study.yaml's `smoke:` section, a check that the steps run, not a result. `pretrained_from`: a seed
+    folder (`<out>/<task>/seed<k>`) of a study of the same bundle, data and test split, whose finished
+    pretrainings every seed's arms start from instead of pretraining per seed; `pretrain_only`: run the
+    pretrainings and stop (no rows).
     """
     spec = load_study(bundle)
     task_spec = spec.task(task)
     study = Study(spec.bundle, task_spec, Path(data).absolute(), (), _check_arms(task_spec, arms),
                   tuple(dict.fromkeys(int(s) for s in seeds)), bool(quick or smoke), Path(out).absolute() / task_spec.name,
                   spec.smoke if smoke else {}, None if pretrain_data is None else Path(pretrain_data).absolute(),
-                  dict(settings or {}), dict(pretrain_settings or {}))
-    _check_pretrain_data(study)
+                  dict(settings or {}), dict(pretrain_settings or {}),
+                  None if pretrained_from is None else Path(pretrained_from).absolute(), bool(pretrain_only))
+    if study.pretrained_from is None:
+        _check_pretrain_data(study)
     test, pool = split_test(labelled_items(study), n_test, split_seed, study.data)
     study = replace(study, sizes=label_budgets(sizes, len(pool), task_spec.units, len(test)))
     _check_manifest(study, test)
@@ -88,6 +98,8 @@ def run_study(bundle: str, data: str | Path, sizes: Sequence[float], arms: Seque
         checkpoints: dict[str, Path] = {}
         for name in _pretrainings_needed(study):  # a pretraining's own init comes before it
             checkpoints[name] = pretrain(study, name, seed, test, progress, checkpoints)
+        if study.pretrain_only:
+            continue
         for n in study.sizes:
             for arm in study.arms:
                 rows += fine_tune_and_score(study, arm, n, seed, order[:n], test, checkpoints, progress)
@@ -174,6 +186,8 @@ def _check_manifest(study: Study, test: list[str]) -> None:
                 "settings": study.settings}
     if study.pretrain_settings:  # only when given, so folders of studies without them still resume
         manifest["pretrain_settings"] = study.pretrain_settings
+    if study.pretrained_from is not None:
+        manifest["pretrained_from"] = str(study.pretrained_from)
     if study.smoke_overrides:
         manifest["smoke"] = True
     path = study.out / MANIFEST
@@ -188,7 +202,8 @@ def _check_manifest(study: Study, test: list[str]) -> None:
 
 
 def _step_count(study: Study) -> int:
-    return len(study.seeds) * (len(_pretrainings_needed(study)) + len(study.sizes) * len(study.arms))
+    fine_tunings = 0 if study.pretrain_only else len(study.sizes) * len(study.arms)
+    return len(study.seeds) * (len(_pretrainings_needed(study)) + fine_tunings)
 
 
 class Progress:
@@ -225,6 +240,8 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     labels are not used); one with `data: pretrain_data` takes the --pretrain-data folder as it is. One
     with `init` starts from that pretraining's checkpoint (in `checkpoints`, run before it).
     """
+    if study.pretrained_from is not None:
+        return shared_pretraining(study, name, seed, test, progress)
     step: Pretraining = study.task.pretrainings[name]
     folder = study.out / f"seed{seed}" / f"pretrain_{name}"
     what = f"seed {seed}: pretraining '{name}' ({step.config})"
@@ -242,6 +259,19 @@ def pretrain(study: Study, name: str, seed: int, test: list[str], progress: Prog
     _require(folder / "model.pt", what)
     _write_json(folder / DONE, {"pretraining": name, "seed": seed, "excluded": test if step.data == "pool" else [],
                                 "minutes": (time.perf_counter() - started) / 60})
+    return folder / "model.pt"
+
+
+def shared_pretraining(study: Study, name: str, seed: int, test: list[str], progress: Progress) -> Path:
+    """The finished pretraining `name` in `study.pretrained_from`, checked to have left out this study's test items."""
+    folder = study.pretrained_from / f"pretrain_{name}"
+    if not (folder / DONE).is_file() or not (folder / "model.pt").is_file():
+        raise InputError(f"no finished pretraining {name!r} there (its {DONE} and model.pt)", folder)
+    done = json.loads((folder / DONE).read_text())
+    if study.task.pretrainings[name].data == "pool" and sorted(done["excluded"]) != sorted(test):
+        raise InputError(f"the pretraining {name!r} there left out {done['excluded']}, not this study's test "
+                         f"items {test}", folder)
+    progress.step(f"seed {seed}: pretraining '{name}' shared from {folder}", skipped=True)
     return folder / "model.pt"
 
 

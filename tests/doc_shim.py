@@ -63,6 +63,9 @@ def main(argv: list[str]) -> None:
         from cellzoo.cli import main as cellzoo_main
 
         cellzoo_main(args)
+    elif kind == "monai-bundle":  # `python -m monai.bundle ARGS` exactly as given (tests/bundle_cli.py)
+        sys.argv = ["monai.bundle", *args]
+        runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
     else:
         raise SystemExit(f"doc_shim: unknown kind {kind!r}")
 

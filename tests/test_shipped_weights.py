@@ -4,6 +4,7 @@ default of `cellzoo predict`."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +57,17 @@ def test_a_bundle_without_shipped_weights_asks_for_a_checkpoint(tmp_path, capsys
     code, _, err = run_cli(["predict", "mediar_cellseg", "--input", str(tmp_path / "in"), "--output",
                             str(tmp_path / "out")], capsys)
     assert_one_line_error(code, err, "--checkpoint is required", "ships no trained weights")
+
+
+def test_release_validation_holds_out_one_real_image_per_source_and_never_a_test_item():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_release_models import held_out_real
+
+    names = ["dsb_a", "dsb_b", "dsb_c", "hela_a", "hela_b", "gowt1_a", "gowt1_b"]
+    test = ["dsb_a", "hela_a"]
+    chosen = held_out_real(names, test, seed=0)
+    assert sorted(n.split("_")[0] for n in chosen) == ["dsb", "gowt1", "hela"] and not set(chosen) & set(test)
+    assert chosen == held_out_real(names, test, seed=0)  # seeded
+    assert "hela_b" not in held_out_real(names, ["hela_a", "hela_b"], seed=1)  # a source left with no item is skipped

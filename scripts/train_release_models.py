@@ -207,12 +207,20 @@ def card_section(record: dict) -> str:
         f"is given{settings}, and carried by `cellzoo package`.", "",
         f"- Trained by `python scripts/train_release_models.py --bundles {record['bundle']}` (seed {record['seed']}): "
         f"{d['n_labelled'] - d['n_synthetic']} real labelled images of the benchmark's {record['kind']} task outside its test items, plus "
-        f"{d['n_synthetic']} synthetic ones, in the `{d['layout']}` layout; stopped {_stop_reason(t)} after "
+        f"{d['n_synthetic']} synthetic ones, in the `{d['layout']}` layout, {_validation(d)}; stopped {_stop_reason(t)} after "
         f"{t['iterations']} iterations ({t['epochs']} epochs, {t['minutes']} min on 2 CPU cores), best validation "
         f"score {t['best_val']} at iteration {t['best_iteration']} (curve: `training_curve.csv` of the run).",
         f"- On the benchmark's {len(d['test_items'])} real test items ({', '.join(d['test_items'])}): {scores}.",
         f"- {d['terms']}", "",
         "![a real test image](release_overlay.png)", "", CARD_END])
+
+
+def _validation(data: dict) -> str:
+    """What picked the best model: the held-out real images (which then do not train), or the config's fold."""
+    held_out = data.get("validation")
+    if isinstance(held_out, list):
+        return f"the best model picked on {len(held_out)} of the real images held out from training ({', '.join(held_out)})"
+    return "the best model picked on the config's validation fold"
 
 
 def _stop_reason(training: dict) -> str:

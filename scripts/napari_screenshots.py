@@ -69,9 +69,10 @@ def _grab(widget):
     """The widget as an RGB(A) array (Qt renders it without OpenGL)."""
     from skimage.io import imread
 
-    path = Path(tempfile.mkdtemp(prefix="cellzoo_grab_")) / "widget.png"
-    widget.grab().save(str(path))
-    return imread(path)
+    with tempfile.TemporaryDirectory(prefix="cellzoo_grab_") as folder:
+        path = Path(folder) / "widget.png"
+        widget.grab().save(str(path))
+        return imread(path)
 
 
 def _save_side_by_side(left, right, path: Path) -> None:

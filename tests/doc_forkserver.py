@@ -5,7 +5,8 @@ commands; without it, most of the doc test's time would go to importing MONAI ag
 
     server: python doc_forkserver.py serve SOCKET       (tests/test_docs_commands.py starts it)
     client: python doc_forkserver.py SOCKET KIND ARGS   (the python / cellzoo wrappers on the test's PATH;
-                                                          KIND as in tests/doc_shim.py: bundle-run, cellzoo)
+                                                          KIND as in tests/doc_shim.py: bundle-run, cellzoo,
+                                                          monai-bundle)
 The client imports nothing heavy; it passes its stdin/stdout/stderr to the server and exits with the child's
 exit code.
 """

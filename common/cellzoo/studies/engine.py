@@ -271,7 +271,7 @@ def shared_pretraining(study: Study, name: str, seed: int, test: list[str], prog
     if study.task.pretrainings[name].data == "pool" and sorted(done["excluded"]) != sorted(test):
         raise InputError(f"the pretraining {name!r} there left out {done['excluded']}, not this study's test "
                          f"items {test}", folder)
-    progress.step(f"seed {seed}: pretraining '{name}' shared from {folder}", skipped=True)
+    progress.step(f"seed {seed}: pretraining '{name}' shared from {folder}")
     return folder / "model.pt"
 
 
